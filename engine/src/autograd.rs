@@ -1,0 +1,203 @@
+//! Reverse-mode autodiff over the graph that ops record while grad is enabled.
+//!
+//! Only tensors that require grad carry history: trainable leaves (see
+//! [`Tensor::into_var`]) and results computed from them. Frozen weights and inputs record
+//! nothing, so a frozen base model keeps no graph at all. [`checkpoint`] runs a segment
+//! without recording and recomputes it during backward.
+
+use crate::{ops, Result, Tensor, TensorId};
+use std::cell::Cell;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+/// The backward rule of one recorded op. Implemented next to each op's forward.
+pub trait Backward: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// The op's tensor inputs, in the order `backward` returns their gradients.
+    fn inputs(&self) -> Vec<Tensor>;
+    /// Gradients of the inputs given the gradient of the output (`None` where an input
+    /// needs none). `store` receives gradients of leaves reached by nested graphs
+    /// (used by [`checkpoint`]); ordinary ops ignore it.
+    fn backward(&self, grad: &Tensor, store: &mut GradStore) -> Result<Vec<Option<Tensor>>>;
+}
+
+thread_local! {
+    static GRAD_ENABLED: Cell<bool> = const { Cell::new(true) };
+}
+
+pub fn is_grad_enabled() -> bool {
+    GRAD_ENABLED.with(|g| g.get())
+}
+
+/// Disables recording until dropped (inference mode).
+pub struct NoGradGuard {
+    prev: bool,
+}
+
+pub fn no_grad() -> NoGradGuard {
+    let prev = GRAD_ENABLED.with(|g| g.replace(false));
+    NoGradGuard { prev }
+}
+
+fn enable_grad() -> NoGradGuard {
+    let prev = GRAD_ENABLED.with(|g| g.replace(true));
+    NoGradGuard { prev }
+}
+
+impl Drop for NoGradGuard {
+    fn drop(&mut self) {
+        GRAD_ENABLED.with(|g| g.set(self.prev));
+    }
+}
+
+/// Gradients of the leaves that required grad, keyed by tensor identity.
+#[derive(Default)]
+pub struct GradStore(HashMap<TensorId, Tensor>);
+
+impl GradStore {
+    pub fn get(&self, t: &Tensor) -> Option<&Tensor> {
+        self.0.get(&t.id())
+    }
+    pub fn remove(&mut self, t: &Tensor) -> Option<Tensor> {
+        self.0.remove(&t.id())
+    }
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    /// Adds `g` to the gradient stored for `id`.
+    pub fn accumulate(&mut self, id: TensorId, g: Tensor) -> Result<()> {
+        let g = match self.0.remove(&id) {
+            Some(prev) => ops::add(&prev, &g)?,
+            None => g,
+        };
+        self.0.insert(id, g);
+        Ok(())
+    }
+    fn merge(&mut self, other: GradStore) -> Result<()> {
+        for (id, g) in other.0 {
+            self.accumulate(id, g)?;
+        }
+        Ok(())
+    }
+}
+
+impl Tensor {
+    /// Backpropagates from this scalar (a seed gradient of one).
+    pub fn backward(&self) -> Result<GradStore> {
+        let seed = ops::ones_like(self)?;
+        backward_from(self, &seed)
+    }
+}
+
+/// Backpropagates `seed` (the gradient of some scalar with respect to `root`) through the
+/// recorded graph and returns the gradients of every leaf that requires grad.
+pub fn backward_from(root: &Tensor, seed: &Tensor) -> Result<GradStore> {
+    let _guard = no_grad();
+    let order = topo_order(root);
+    let mut pending: HashMap<TensorId, Tensor> = HashMap::new();
+    pending.insert(root.id(), seed.clone());
+    let mut leaves = GradStore::default();
+    for t in order {
+        let Some(grad) = pending.remove(&t.id()) else { continue };
+        let Some(f) = t.grad_fn() else {
+            leaves.accumulate(t.id(), grad)?;
+            continue;
+        };
+        let inputs = f.inputs();
+        let grads = f.backward(&grad, &mut leaves)?;
+        drop(grad);
+        for (input, g) in inputs.iter().zip(grads) {
+            let Some(g) = g else { continue };
+            if !input.requires_grad() {
+                continue;
+            }
+            let g = match pending.remove(&input.id()) {
+                Some(prev) => ops::add(&prev, &g)?,
+                None => g,
+            };
+            pending.insert(input.id(), g);
+        }
+    }
+    Ok(leaves)
+}
+
+/// Tensors that require grad reachable from `root`, each after all its consumers.
+fn topo_order(root: &Tensor) -> Vec<Tensor> {
+    let mut order = Vec::new();
+    let mut seen = HashSet::new();
+    // Iterative post-order DFS: deep graphs (many layers) must not overflow the stack.
+    let mut stack: Vec<(Tensor, bool)> = vec![(root.clone(), false)];
+    while let Some((t, expanded)) = stack.pop() {
+        if expanded {
+            order.push(t);
+            continue;
+        }
+        if !seen.insert(t.id()) {
+            continue;
+        }
+        let inputs = t.grad_fn().map(|f| f.inputs()).unwrap_or_default();
+        stack.push((t, true));
+        for i in inputs {
+            if i.requires_grad() && !seen.contains(&i.id()) {
+                stack.push((i, false));
+            }
+        }
+    }
+    order.reverse();
+    order
+}
+
+/// A segment run without keeping its activations; backward recomputes it.
+pub type Segment = Arc<dyn Fn(&[Tensor]) -> Result<Tensor> + Send + Sync>;
+
+/// Runs `f(inputs)` without recording its inner graph. Only `inputs` are kept; in
+/// backward the segment runs again with grad on, and the gradients it yields for leaves
+/// captured by `f` (LoRA weights) go to the outer store.
+pub fn checkpoint(inputs: &[Tensor], f: Segment) -> Result<Tensor> {
+    let out = {
+        let _g = no_grad();
+        f(inputs)?
+    };
+    if !is_grad_enabled() {
+        return Ok(out);
+    }
+    let node = Arc::new(CheckpointBackward { inputs: inputs.to_vec(), f });
+    // The segment may capture trainable leaves, so the output is tracked even when no
+    // input requires grad.
+    Ok(out.with_grad_state(true, Some(node)))
+}
+
+struct CheckpointBackward {
+    inputs: Vec<Tensor>,
+    f: Segment,
+}
+
+impl Backward for CheckpointBackward {
+    fn name(&self) -> &'static str {
+        "checkpoint"
+    }
+    fn inputs(&self) -> Vec<Tensor> {
+        self.inputs.clone()
+    }
+    fn backward(&self, grad: &Tensor, store: &mut GradStore) -> Result<Vec<Option<Tensor>>> {
+        let fresh: Vec<Tensor> = self
+            .inputs
+            .iter()
+            .map(|t| if t.requires_grad() { t.detach().into_var() } else { t.detach() })
+            .collect();
+        let out = {
+            let _g = enable_grad();
+            (self.f)(&fresh)?
+        };
+        if !out.requires_grad() {
+            return Ok(vec![None; fresh.len()]);
+        }
+        let mut inner = backward_from(&out, grad)?;
+        let input_grads = fresh.iter().map(|t| inner.remove(t)).collect();
+        store.merge(inner)?;
+        Ok(input_grads)
+    }
+}

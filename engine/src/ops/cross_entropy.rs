@@ -1,0 +1,100 @@
+//! Cross-entropy of logits against integer labels, mean over the labels that are not
+//! [`IGNORE_INDEX`].
+
+use super::{output, run_cpu, CpuKernel};
+use crate::autograd::{Backward, GradStore};
+use crate::storage::StorageElem;
+use crate::{DType, Error, Real, Result, Tensor};
+use rayon::prelude::*;
+use std::sync::Arc;
+
+
+/// Labels equal to this value contribute no loss (PyTorch's convention).
+pub const IGNORE_INDEX: i32 = -100;
+
+fn row_lse<T: Real>(row: &[T]) -> T {
+    let m = row.iter().copied().fold(T::NEG_INFINITY, T::max);
+    m + row.iter().map(|&x| (x - m).exp()).sum::<T>().ln()
+}
+
+struct Fwd<'a> {
+    labels: &'a [i32],
+    count: usize,
+}
+impl CpuKernel for Fwd<'_> {
+    fn run<T: Real + StorageElem>(&self, i: &[&[T]]) -> Result<Vec<Vec<T>>> {
+        let v = i[0].len() / self.labels.len();
+        let total: T = i[0]
+            .par_chunks(v)
+            .zip(self.labels)
+            .filter(|(_, &l)| l != IGNORE_INDEX)
+            .map(|(row, &l)| row_lse(row) - row[l as usize])
+            .sum();
+        Ok(vec![vec![total / T::from_f64(self.count as f64)]])
+    }
+}
+
+struct Bwd<'a> {
+    labels: &'a [i32],
+    count: usize,
+}
+impl CpuKernel for Bwd<'_> {
+    fn run<T: Real + StorageElem>(&self, i: &[&[T]]) -> Result<Vec<Vec<T>>> {
+        let (logits, g) = (i[0], i[1][0]);
+        let v = logits.len() / self.labels.len();
+        let c = g / T::from_f64(self.count as f64);
+        let mut d = vec![T::ZERO; logits.len()];
+        d.par_chunks_mut(v).zip(logits.par_chunks(v)).zip(self.labels).for_each(|((dr, row), &l)| {
+            if l == IGNORE_INDEX {
+                return;
+            }
+            let lse = row_lse(row);
+            for (dj, &x) in dr.iter_mut().zip(row) {
+                *dj = (x - lse).exp() * c;
+            }
+            dr[l as usize] -= c;
+        });
+        Ok(vec![d])
+    }
+}
+
+/// Mean cross-entropy of `logits: [n, vocab]` for `labels: [n]` (i32, may hold -100).
+pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    labels.check_dtype::<i32>("cross_entropy labels")?;
+    if logits.rank() != 2 || labels.shape() != [logits.dim(0)] {
+        return Err(Error::shape("cross_entropy", format!("logits {:?}, labels {:?}", logits.shape(), labels.shape())));
+    }
+    let lab: Vec<i32> = labels.to_vec()?;
+    let vocab = logits.dim(1);
+    if let Some(bad) = lab.iter().find(|&&l| l != IGNORE_INDEX && (l < 0 || l as usize >= vocab)) {
+        return Err(Error::shape("cross_entropy", format!("label {bad} outside the vocabulary (0..{vocab})")));
+    }
+    let count = lab.iter().filter(|&&l| l != IGNORE_INDEX).count();
+    if count == 0 {
+        return Err(Error::Msg("cross_entropy: every label is the ignore index -100".into()));
+    }
+    let mut o = run_cpu("cross_entropy", &Fwd { labels: &lab, count }, &[logits])?;
+    let out_dtype = if logits.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
+    let loss = output(o.remove(0), &[], out_dtype);
+    Ok(loss.track(&[logits], || Arc::new(CrossEntropyBackward { logits: logits.clone(), labels: lab, count })))
+}
+
+struct CrossEntropyBackward {
+    logits: Tensor,
+    labels: Vec<i32>,
+    count: usize,
+}
+impl Backward for CrossEntropyBackward {
+    fn name(&self) -> &'static str {
+        "cross_entropy"
+    }
+    fn inputs(&self) -> Vec<Tensor> {
+        vec![self.logits.clone()]
+    }
+    fn backward(&self, g: &Tensor, _: &mut GradStore) -> Result<Vec<Option<Tensor>>> {
+        let g = super::cast(g, self.logits.dtype().compute())?;
+        let k = Bwd { labels: &self.labels, count: self.count };
+        let mut o = run_cpu("cross_entropy_bwd", &k, &[&self.logits, &g])?;
+        Ok(vec![Some(output(o.remove(0), self.logits.shape(), self.logits.dtype()))])
+    }
+}

@@ -1,0 +1,125 @@
+//! Views and layout changes: reshape, transpose, narrow, contiguous.
+
+use crate::autograd::{Backward, GradStore};
+use crate::storage::CpuStorage;
+use crate::tensor::Storage;
+use crate::{Error, Layout, Result, Tensor};
+use std::sync::Arc;
+
+/// A contiguous copy of the tensor's values (the tensor itself when already contiguous).
+pub fn contiguous(x: &Tensor) -> Result<Tensor> {
+    if x.is_contiguous() {
+        return Ok(x.clone());
+    }
+    let out = Tensor::from_cpu(copy_values(x), x.shape());
+    Ok(out.track(&[x], || Arc::new(Identity { x: x.clone(), name: "contiguous" })))
+}
+
+fn copy_values(x: &Tensor) -> CpuStorage {
+    let guard = x.storage();
+    let Storage::Cpu(s) = &*guard;
+    let l = x.layout();
+    match s {
+        CpuStorage::F64(_) => CpuStorage::F64(s.gather(l)),
+        CpuStorage::F32(_) => CpuStorage::F32(s.gather(l)),
+        CpuStorage::F16(_) => CpuStorage::F16(s.gather(l)),
+        CpuStorage::BF16(_) => CpuStorage::BF16(s.gather(l)),
+        CpuStorage::U32(_) => CpuStorage::U32(s.gather(l)),
+        CpuStorage::I32(_) => CpuStorage::I32(s.gather(l)),
+    }
+}
+
+/// Same values, new shape (copies first when `x` is not contiguous).
+pub fn reshape(x: &Tensor, shape: &[usize]) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    if n != x.elem_count() {
+        return Err(Error::shape("reshape", format!("{:?} -> {shape:?}", x.shape())));
+    }
+    let base = contiguous(x)?;
+    let layout = Layout::contiguous(shape).with_offset(base.layout().offset());
+    let out = base.view(layout);
+    Ok(out.track(&[x], || Arc::new(Identity { x: x.clone(), name: "reshape" })))
+}
+
+/// Swaps dimensions `a` and `b` (a view).
+pub fn transpose(x: &Tensor, a: usize, b: usize) -> Result<Tensor> {
+    let out = x.view(x.layout().transpose(a, b)?);
+    Ok(out.track(&[x], || Arc::new(TransposeBackward { x: x.clone(), a, b })))
+}
+
+/// Elements `start..start+len` of dimension `dim` (a view).
+pub fn narrow(x: &Tensor, dim: usize, start: usize, len: usize) -> Result<Tensor> {
+    let out = x.view(x.layout().narrow(dim, start, len)?);
+    Ok(out.track(&[x], || Arc::new(NarrowBackward { x: x.clone(), dim, start })))
+}
+
+/// Backward of ops that keep values and order (contiguous copies, reshapes).
+struct Identity {
+    x: Tensor,
+    name: &'static str,
+}
+impl Backward for Identity {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn inputs(&self) -> Vec<Tensor> {
+        vec![self.x.clone()]
+    }
+    fn backward(&self, g: &Tensor, _: &mut GradStore) -> Result<Vec<Option<Tensor>>> {
+        Ok(vec![Some(reshape(g, self.x.shape())?)])
+    }
+}
+
+struct TransposeBackward {
+    x: Tensor,
+    a: usize,
+    b: usize,
+}
+impl Backward for TransposeBackward {
+    fn name(&self) -> &'static str {
+        "transpose"
+    }
+    fn inputs(&self) -> Vec<Tensor> {
+        vec![self.x.clone()]
+    }
+    fn backward(&self, g: &Tensor, _: &mut GradStore) -> Result<Vec<Option<Tensor>>> {
+        Ok(vec![Some(transpose(g, self.a, self.b)?)])
+    }
+}
+
+struct NarrowBackward {
+    x: Tensor,
+    dim: usize,
+    start: usize,
+}
+impl Backward for NarrowBackward {
+    fn name(&self) -> &'static str {
+        "narrow"
+    }
+    fn inputs(&self) -> Vec<Tensor> {
+        vec![self.x.clone()]
+    }
+    fn backward(&self, g: &Tensor, _: &mut GradStore) -> Result<Vec<Option<Tensor>>> {
+        let full = Tensor::zeros(self.x.shape(), g.dtype(), g.device())?;
+        full.write_slice(self.dim, self.start, g)?;
+        Ok(vec![Some(full)])
+    }
+}
+
+impl Tensor {
+    /// Overwrites `self[.., start..start+len, ..]` along `dim` with `src` in place (no
+    /// autograd; used for KV caches and gradient assembly). `src` is cast to `self`'s dtype.
+    pub fn write_slice(&self, dim: usize, start: usize, src: &Tensor) -> Result<()> {
+        let len = src.shape().get(dim).copied().unwrap_or(0);
+        let target = self.layout().narrow(dim, start, len)?;
+        if target.shape() != src.shape() {
+            return Err(Error::shape("write_slice", format!("{:?} into {:?}", src.shape(), target.shape())));
+        }
+        let values = super::cast(&src.detach(), self.dtype())?;
+        let values = copy_values(&values);
+        let mut guard = self.storage_mut();
+        let Storage::Cpu(dst) = &mut *guard;
+        dst.write(&target, &values);
+        Ok(())
+    }
+}

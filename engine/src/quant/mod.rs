@@ -1,0 +1,5 @@
+//! Packed weight formats. Tensors in these formats are frozen: ops read them through
+//! dequantization, and never compute gradients for them.
+
+pub mod ggml;
+pub mod nf4;
