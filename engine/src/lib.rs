@@ -25,3 +25,8 @@ pub use dtype::{DType, Real, WithDType};
 pub use error::{Error, Result};
 pub use layout::Layout;
 pub use tensor::{Tensor, TensorId};
+
+/// Worker threads the CPU backend uses (rayon's global pool; `RAYON_NUM_THREADS` sets it).
+pub fn cpu_threads() -> usize {
+    rayon::current_num_threads()
+}

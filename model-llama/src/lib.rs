@@ -1,0 +1,20 @@
+//! Llama-family models: config, weights (safetensors folders, GGUF files), tokenizer,
+//! forward pass with LoRA injection points, KV cache and generation.
+
+pub mod chat;
+pub mod config;
+pub mod error;
+pub mod generate;
+pub mod hub;
+pub mod kv_cache;
+pub mod linear;
+pub mod model;
+pub mod safetensors_dir;
+pub mod tokenizer;
+
+pub use config::LlamaConfig;
+pub use error::{LoadError, Result};
+pub use kv_cache::KvCache;
+pub use linear::{BaseWeight, Linear, Lora};
+pub use model::{Layer, Llama, WeightSource, PROJECTIONS};
+pub use safetensors_dir::SafetensorsDir;

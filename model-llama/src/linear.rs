@@ -1,0 +1,56 @@
+//! Linear layers without bias, and the LoRA injection point on each of them.
+
+use engine::ops::{add, matmul_nt, scale};
+use engine::{Result, Tensor};
+
+/// A frozen base weight `[out, in]`.
+#[derive(Clone)]
+pub enum BaseWeight {
+    Dense(Tensor),
+}
+
+impl BaseWeight {
+    /// `(out_features, in_features)`.
+    pub fn dims(&self) -> (usize, usize) {
+        match self {
+            BaseWeight::Dense(w) => (w.dim(0), w.dim(1)),
+        }
+    }
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            BaseWeight::Dense(w) => matmul_nt(x, w),
+        }
+    }
+}
+
+/// A low-rank adapter: `delta(x) = scale * (x A^T) B^T` with `A: [r, in]`, `B: [out, r]`.
+#[derive(Clone)]
+pub struct Lora {
+    pub a: Tensor,
+    pub b: Tensor,
+    pub scale: f64,
+}
+
+/// `y = x W^T (+ LoRA)`.
+#[derive(Clone)]
+pub struct Linear {
+    pub base: BaseWeight,
+    pub lora: Option<Lora>,
+}
+
+impl Linear {
+    pub fn new(weight: Tensor) -> Linear {
+        Linear { base: BaseWeight::Dense(weight), lora: None }
+    }
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.base.forward(x)?;
+        match &self.lora {
+            None => Ok(y),
+            Some(l) => {
+                let down = matmul_nt(x, &l.a)?;
+                let up = matmul_nt(&down, &l.b)?;
+                add(&y, &scale(&up, l.scale)?)
+            }
+        }
+    }
+}
