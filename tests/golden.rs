@@ -96,3 +96,25 @@ fn golden_gqa_llama3_untied() {
 fn golden_tied_embeddings() {
     check_case("tied");
 }
+
+/// Prefill plus one-token steps through the KV cache give the logits of one full forward.
+#[test]
+fn kv_cache_matches_full_forward() {
+    let g = load("gqa_llama3");
+    let _ng = engine::no_grad();
+    let ids: Vec<u32> = g.ids.to_vec().unwrap();
+    let t = g.ids.dim(1);
+    let row: Vec<u32> = ids[..t].to_vec();
+    let full = g.model.forward(&Tensor::from_vec(row.clone(), &[1, t]).unwrap(), None).unwrap().to_vec_f32().unwrap();
+    let c = &g.model.config;
+    let mut cache = model_llama::KvCache::new(c.num_hidden_layers, 1, c.num_key_value_heads, c.head_dim, t, DType::F32, engine::Device::Cpu).unwrap();
+    let prefill = 4;
+    let mut got = g.model.forward(&Tensor::from_vec(row[..prefill].to_vec(), &[1, prefill]).unwrap(), Some(&mut cache)).unwrap().to_vec_f32().unwrap();
+    for &tok in &row[prefill..] {
+        let step = g.model.forward(&Tensor::from_vec(vec![tok], &[1, 1]).unwrap(), Some(&mut cache)).unwrap();
+        got.extend(step.to_vec_f32().unwrap());
+    }
+    assert_eq!(cache.len(), t);
+    let err = max_abs(got.iter().zip(&full).map(|(a, b)| a - b));
+    assert!(err < 1e-5, "cached vs full logits differ by {err}");
+}
