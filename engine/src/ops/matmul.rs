@@ -16,6 +16,9 @@ use std::sync::Arc;
 /// `a @ b` for `a: [..., m, k]` and `b: [..., k, n]` (same batch dims) or `b: [k, n]`.
 pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     same_dtype("matmul", a, b)?;
+    if !a.dtype().is_float() {
+        return Err(Error::DType { op: "matmul", dtype: a.dtype() });
+    }
     a.check_same_device(b, "matmul")?;
     let (ra, rb) = (a.rank(), b.rank());
     if ra < 2 || rb < 2 {
@@ -45,8 +48,8 @@ pub fn matmul_nt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     if w.rank() != 2 {
         return Err(Error::shape("matmul_nt", format!("weight must be 2-D, got {:?}", w.shape())));
     }
-    let lead: Vec<usize> = x.shape()[..x.rank().saturating_sub(1)].to_vec();
-    let k = x.dim(-1);
+    let k = super::last_dim("matmul_nt", x)?;
+    let lead: Vec<usize> = x.shape()[..x.rank() - 1].to_vec();
     let rows: usize = lead.iter().product();
     let y = matmul(&reshape(x, &[rows, k])?, &transpose(w, 0, 1)?)?;
     let mut shape = lead;

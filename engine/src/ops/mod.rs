@@ -10,6 +10,7 @@ mod cross_entropy;
 mod elementwise;
 mod embedding;
 mod matmul;
+mod nf4_matmul;
 mod rms_norm;
 mod rope;
 mod softmax;
@@ -21,6 +22,7 @@ pub use cross_entropy::cross_entropy;
 pub use elementwise::{add, cast, mul, ones_like, scale, sum_all, zeros_like};
 pub use embedding::embedding;
 pub use matmul::{matmul, matmul_nt};
+pub use nf4_matmul::nf4_matmul_nt;
 pub use rms_norm::rms_norm;
 pub use rope::{rope, RopeTable};
 pub use softmax::log_softmax;
@@ -87,6 +89,14 @@ fn convert(s: CpuStorage, dtype: DType) -> CpuStorage {
             let v: Vec<f64> = other.gather(&crate::Layout::contiguous(&[n]));
             CpuStorage::from_compute(v, dtype)
         }
+    }
+}
+
+/// Size of the last dimension; an error for scalars and for an empty last dimension.
+pub(crate) fn last_dim(op: &'static str, x: &Tensor) -> Result<usize> {
+    match x.shape().last() {
+        Some(&n) if n > 0 => Ok(n),
+        _ => Err(Error::shape(op, format!("needs a nonempty last dimension, got shape {:?}", x.shape()))),
     }
 }
 

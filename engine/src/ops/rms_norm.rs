@@ -59,7 +59,7 @@ impl CpuKernel for Bwd {
 /// RMSNorm of `x: [..., h]` with weight `w: [h]`.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     same_dtype("rms_norm", x, w)?;
-    let h = x.dim(-1);
+    let h = super::last_dim("rms_norm", x)?;
     if w.shape() != [h] {
         return Err(Error::shape("rms_norm", format!("weight {:?} for input {:?}", w.shape(), x.shape())));
     }

@@ -36,7 +36,8 @@ impl CpuKernel for Bwd {
 
 /// `x - logsumexp(x)` along the last dimension.
 pub fn log_softmax(x: &Tensor) -> Result<Tensor> {
-    let mut o = run_cpu("log_softmax", &Fwd(x.dim(-1)), &[x])?;
+    let n = super::last_dim("log_softmax", x)?;
+    let mut o = run_cpu("log_softmax", &Fwd(n), &[x])?;
     let y = output(o.remove(0), x.shape(), x.dtype());
     let saved = y.detach();
     Ok(y.track(&[x], || Arc::new(LogSoftmaxBackward { x: x.clone(), y: saved })))
