@@ -138,3 +138,90 @@ pub fn generate(
     }
     Ok((out, Finish::Length))
 }
+
+/// Streams generated text while watching for stop strings: text that could still become
+/// the start of a stop string is held back, and nothing from a stop string on is emitted.
+pub struct StopMatcher {
+    stops: Vec<String>,
+    pending: String,
+}
+
+impl StopMatcher {
+    pub fn new(stops: Vec<String>) -> StopMatcher {
+        StopMatcher { stops: stops.into_iter().filter(|s| !s.is_empty()).collect(), pending: String::new() }
+    }
+
+    /// Adds `piece`; returns the text safe to show and whether a stop string appeared.
+    pub fn push(&mut self, piece: &str) -> (String, bool) {
+        self.pending.push_str(piece);
+        if let Some(at) = self.stops.iter().filter_map(|s| self.pending.find(s.as_str())).min() {
+            let out = self.pending[..at].to_string();
+            self.pending.clear();
+            return (out, true);
+        }
+        // Hold back the longest suffix that is a proper prefix of some stop string.
+        let hold = self
+            .stops
+            .iter()
+            .flat_map(|s| (1..s.len()).filter(|&n| s.is_char_boundary(n)).map(move |n| &s[..n]))
+            .filter(|p| self.pending.ends_with(p))
+            .map(|p| p.len())
+            .max()
+            .unwrap_or(0);
+        let cut = self.pending.len() - hold;
+        let out = self.pending[..cut].to_string();
+        self.pending.drain(..cut);
+        (out, false)
+    }
+
+    /// Text still held back when generation ends without a stop string.
+    pub fn finish(&mut self) -> String {
+        std::mem::take(&mut self.pending)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_string_split_across_pieces_is_not_emitted() {
+        let mut m = StopMatcher::new(vec!["<|im_end|>".into()]);
+        let mut shown = String::new();
+        for piece in ["Hello", " wor", "ld<|im", "_e"] {
+            let (s, stop) = m.push(piece);
+            shown += &s;
+            assert!(!stop);
+        }
+        assert_eq!(shown, "Hello world");
+        let (s, stop) = m.push("nd|> tail");
+        assert!(stop);
+        assert_eq!(shown + &s, "Hello world");
+    }
+
+    #[test]
+    fn held_text_is_released_when_it_stops_matching() {
+        let mut m = StopMatcher::new(vec!["###".into()]);
+        assert_eq!(m.push("a #"), ("a ".to_string(), false));
+        assert_eq!(m.push("b"), ("#b".to_string(), false));
+        assert_eq!(m.push("#"), (String::new(), false));
+        assert_eq!(m.finish(), "#");
+    }
+
+    #[test]
+    fn sampler_is_greedy_at_zero_temperature_and_seeded_otherwise() {
+        let logits = [0.1, 2.0, 1.9, -1.0];
+        assert_eq!(Sampler::new(SamplingParams::default()).sample(&logits), 1);
+        let p = SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, seed: 7 };
+        let a: Vec<u32> = { let mut s = Sampler::new(p.clone()); (0..50).map(|_| s.sample(&logits)).collect() };
+        let b: Vec<u32> = { let mut s = Sampler::new(p.clone()); (0..50).map(|_| s.sample(&logits)).collect() };
+        assert_eq!(a, b, "same seed, same samples");
+        assert!(a.contains(&1) && a.contains(&2), "temperature 1 samples both likely tokens: {a:?}");
+        let k1 = SamplingParams { top_k: 1, ..p.clone() };
+        let mut s = Sampler::new(k1);
+        assert!((0..20).all(|_| s.sample(&logits) == 1), "top_k 1 is greedy");
+        let tp = SamplingParams { top_p: 0.3, ..p };
+        let mut s = Sampler::new(tp);
+        assert!((0..20).all(|_| s.sample(&logits) == 1), "top_p below the top probability keeps one token");
+    }
+}
