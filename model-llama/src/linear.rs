@@ -1,12 +1,16 @@
 //! Linear layers without bias, and the LoRA injection point on each of them.
 
-use engine::ops::{add, matmul_nt, scale};
+use engine::ops::{add, matmul_nt, nf4_matmul_nt, scale};
+use engine::quant::nf4::Nf4Weight;
+use std::sync::Arc;
 use engine::{Result, Tensor};
 
 /// A frozen base weight `[out, in]`.
 #[derive(Clone)]
 pub enum BaseWeight {
     Dense(Tensor),
+    /// 4-bit NormalFloat with (optionally double-quantized) block scales, as bitsandbytes.
+    Nf4(Arc<Nf4Weight>),
 }
 
 impl BaseWeight {
@@ -14,11 +18,13 @@ impl BaseWeight {
     pub fn dims(&self) -> (usize, usize) {
         match self {
             BaseWeight::Dense(w) => (w.dim(0), w.dim(1)),
+            BaseWeight::Nf4(w) => w.rows_cols(),
         }
     }
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             BaseWeight::Dense(w) => matmul_nt(x, w),
+            BaseWeight::Nf4(w) => nf4_matmul_nt(x, w),
         }
     }
 }
@@ -42,6 +48,15 @@ impl Linear {
     pub fn new(weight: Tensor) -> Linear {
         Linear { base: BaseWeight::Dense(weight), lora: None }
     }
+    /// Replaces a dense base weight by its NF4 quantization (bitsandbytes `load_in_4bit`).
+    pub fn quantize_nf4(&mut self, double_quant: bool) -> Result<()> {
+        if let BaseWeight::Dense(w) = &self.base {
+            let q = Nf4Weight::quantize(&w.to_vec_f32()?, w.shape(), double_quant)?;
+            self.base = BaseWeight::Nf4(Arc::new(q));
+        }
+        Ok(())
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = self.base.forward(x)?;
         match &self.lora {
