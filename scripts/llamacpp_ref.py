@@ -16,6 +16,10 @@ BOS or other token is added. For each prompt OUT.json gets
                  end-of-generation token included when the model emits one
   finish_reason  "stop" (an end-of-generation token) or "length"
 
+With --f32-cache the KV cache is f32 (llama.cpp's default is f16) and flash attention is
+off (on the CPU it rounds queries to f16): together with an F32
+model file (scripts/gguf_to_f32.py) llama.cpp then computes in f32 throughout.
+
 plus the run's settings (model, n_vocab, threads, n_predict, xllamacpp version).
 
 How: xllamacpp (llama.cpp's Python wheel) runs llama.cpp's server in-process on the CPU.
@@ -78,8 +82,13 @@ def vocab_size(model_path):
     return len(field.data)
 
 
-def start_server(model_path, threads, n_ctx):
+def start_server(model_path, threads, n_ctx, f32_cache):
     params = xllamacpp.CommonParams()
+    if f32_cache:
+        params.cache_type_k = xllamacpp.ggml_type.GGML_TYPE_F32
+        params.cache_type_v = xllamacpp.ggml_type.GGML_TYPE_F32
+        # CPU flash attention rounds Q to f16; the plain path keeps f32.
+        params.flash_attn_type = xllamacpp.llama_flash_attn_type.LLAMA_FLASH_ATTN_TYPE_DISABLED
     params.model.path = model_path
     params.n_ctx = n_ctx
     params.n_parallel = 1
@@ -149,6 +158,8 @@ def main():
     parser.add_argument("prompts", help="JSON file: a list of prompts, each a list of token ids")
     parser.add_argument("out", help="output JSON file")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
+    parser.add_argument("--f32-cache", action="store_true",
+                        help="keep the KV cache in f32 instead of llama.cpp's default f16")
     parser.add_argument("--n-predict", type=int, default=32,
                         help="greedy tokens to generate per prompt (default 32)")
     args = parser.parse_args()
@@ -163,7 +174,7 @@ def main():
     n_ctx = max(256, -(-longest // 256) * 256)
 
     start = time.perf_counter()
-    server = start_server(args.model, args.threads, n_ctx)
+    server = start_server(args.model, args.threads, n_ctx, args.f32_cache)
     loaded = time.perf_counter()
     results = []
     for i, prompt in enumerate(prompts):

@@ -26,6 +26,9 @@ pub struct LlamaConfig {
     pub rms_norm_eps: f64,
     pub rope_theta: f64,
     pub rope_scaling: Option<Llama3Scaling>,
+    /// Per-pair divisors of the rotary frequencies, as GGUF files carry llama3 scaling
+    /// (`rope_freqs.weight`); applied instead of `rope_scaling` when present.
+    pub rope_freq_factors: Option<Vec<f64>>,
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
     pub bos_token_id: Option<u32>,
@@ -90,6 +93,7 @@ impl LlamaConfig {
             rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-6),
             rope_theta,
             rope_scaling: rope.map(parse_scaling).transpose()?.flatten(),
+            rope_freq_factors: None,
             max_position_embeddings: raw.max_position_embeddings.unwrap_or(2048),
             tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
             bos_token_id: raw.bos_token_id,
@@ -128,6 +132,9 @@ impl LlamaConfig {
         // f32 as in transformers: 1 / base^(arange(0, d, 2).float() / d)
         let base: Vec<f64> =
             (0..d / 2).map(|i| (1.0f32 / (self.rope_theta as f32).powf((2 * i) as f32 / d as f32)) as f64).collect();
+        if let Some(factors) = &self.rope_freq_factors {
+            return base.iter().zip(factors).map(|(f, k)| (f / k) as f32 as f64).collect();
+        }
         let Some(s) = &self.rope_scaling else { return base };
         let old = s.original_max_position_embeddings as f64;
         let low_wavelen = old / s.low_freq_factor;

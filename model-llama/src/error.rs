@@ -14,6 +14,10 @@ pub enum LoadError {
     InFile { path: PathBuf, msg: String },
     #[error(transparent)]
     Engine(#[from] engine::Error),
+    #[error(transparent)]
+    Gguf(#[from] gguf::GgufError),
+    #[error(transparent)]
+    Hub(#[from] crate::hub::HubError),
 }
 
 impl LoadError {

@@ -140,6 +140,10 @@ fn gemm_cpu<T: Gemm>(a: &Tensor, b: &Tensor, batch: usize, m: usize, k: usize, n
     let oa = operand::<T>(a, sa);
     let ob = operand::<T>(b, sb);
     let mut out = vec![T::ZERO; batch * m * n];
+    if batch == 1 && m <= GEMV_MAX_ROWS && oa.cs == 1 && ob.rs == 1 {
+        gemv_rows(&oa, &ob, m, k, n, &mut out);
+        return out;
+    }
     out.par_chunks_mut((m * n).max(1)).enumerate().for_each(|(i, c)| {
         let pa = oa.offset + i * oa.batch_stride;
         let pb = ob.offset + if b_batched { i * ob.batch_stride } else { 0 };
@@ -150,4 +154,67 @@ fn gemm_cpu<T: Gemm>(a: &Tensor, b: &Tensor, batch: usize, m: usize, k: usize, n
         }
     });
     out
+}
+
+/// Up to this many rows of `a`, a product with a `b` whose columns are contiguous (a
+/// transposed weight, as in every linear layer) runs as dot products: GEMM packing would
+/// copy the whole weight for each decoded token.
+const GEMV_MAX_ROWS: usize = 4;
+
+fn gemv_rows<T: Gemm>(a: &Operand<T>, b: &Operand<T>, m: usize, k: usize, n: usize, out: &mut [T]) {
+    let rows: Vec<&[T]> = (0..m).map(|i| &a.data[a.offset + i * a.rs as usize..][..k]).collect();
+    let cols_per_task = 64;
+    let mut by_col = vec![T::ZERO; n * m];
+    by_col.par_chunks_mut(cols_per_task * m).enumerate().for_each(|(task, chunk)| {
+        for (j, o) in chunk.chunks_mut(m).enumerate() {
+            let col = task * cols_per_task + j;
+            let w = &b.data[b.offset + col * b.cs as usize..][..k];
+            for (i, row) in rows.iter().enumerate() {
+                o[i] = dot(row, w);
+            }
+        }
+    });
+    for col in 0..n {
+        for i in 0..m {
+            out[i * n + col] = by_col[col * m + i];
+        }
+    }
+}
+
+/// Dot product with eight independent accumulators, so the compiler can vectorize it.
+fn dot<T: Real>(x: &[T], y: &[T]) -> T {
+    let mut acc = [T::ZERO; 8];
+    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
+    let tail: T = xc.remainder().iter().zip(yc.remainder()).map(|(&p, &q)| p * q).sum();
+    for (p, q) in xc.zip(yc) {
+        for l in 0..8 {
+            acc[l] += p[l] * q[l];
+        }
+    }
+    acc.into_iter().sum::<T>() + tail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    /// The dot-product path (few rows, transposed weight) equals a naive f64 product.
+    #[test]
+    fn gemv_path_matches_naive() {
+        let mut rng = Rng::new(3);
+        for (m, k, n) in [(1, 1, 1), (1, 13, 7), (3, 67, 130), (4, 9, 65), (5, 17, 3)] {
+            let a = rng.normal_vec(m * k, 1.0);
+            let w = rng.normal_vec(n * k, 1.0);
+            let x = Tensor::from_vec(a.clone(), &[m, k]).unwrap();
+            let wt = Tensor::from_vec(w.clone(), &[n, k]).unwrap();
+            let y = matmul_nt(&x, &wt).unwrap().to_vec_f32().unwrap();
+            for i in 0..m {
+                for j in 0..n {
+                    let r: f64 = (0..k).map(|p| a[i * k + p] as f64 * w[j * k + p] as f64).sum();
+                    assert!((y[i * n + j] as f64 - r).abs() < 1e-4 * (1.0 + r.abs()), "{m}x{k}x{n} at {i},{j}");
+                }
+            }
+        }
+    }
 }

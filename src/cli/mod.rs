@@ -1,0 +1,4 @@
+//! Subcommands of the CLI, one module each.
+
+pub mod doctor;
+pub mod generate;

@@ -1,0 +1,35 @@
+//! The `ferrotune` command line.
+
+mod cli;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "ferrotune", version, about = "QLoRA fine-tuning of Llama-family models")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Report what this machine offers: CPU, threads, memory, GPU.
+    Doctor,
+    /// Generate text from a prompt.
+    Generate(cli::generate::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Doctor => {
+            print!("{}", cli::doctor::report());
+            Ok(())
+        }
+        Command::Generate(args) => cli::generate::run(args),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
