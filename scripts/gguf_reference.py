@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""gguf_reference.py: what llama.cpp's own GGUF reader (package `gguf`, `GGUFReader`) sees in
+a GGUF file, for ferrotune's `gguf` tests to compare against.
+
+    gguf_reference.py FILE.gguf OUT_DIR [TENSOR ...]
+
+Writes OUT_DIR/reference.json:
+    {"version", "alignment", "data_offset",
+     "metadata": [{"key", "type", "value"}]   every key in file order; "type" is the GGUF
+                                              value type name ("UINT32", "ARRAY[STRING]", ...);
+                                              arrays are given whole
+     "tensors":  [{"name", "dims", "type", "offset", "n_bytes"}]   dims in GGML order,
+                                              offset relative to the tensor-data section}
+and, for each TENSOR named, OUT_DIR/<TENSOR>.f32: the tensor dequantized by
+`gguf.quants.dequantize`, as little-endian f32 in GGML element order.
+Run with the repository's .venv (scripts/setup-python.sh).
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+from gguf import GGUFReader, GGUFValueType
+from gguf.quants import dequantize
+
+
+def type_name(field) -> str:
+    names = [t.name for t in field.types]
+    if names[0] == "ARRAY":
+        return "ARRAY[" + ",".join(names[1:]) + "]"
+    return names[0]
+
+
+def value(field):
+    v = field.contents()
+    if isinstance(v, float):
+        # f32 values are widened exactly; JSON keeps the double.
+        return float(v)
+    return v
+
+
+def main() -> None:
+    if len(sys.argv) < 3:
+        sys.exit(__doc__)
+    path, out_dir, wanted = sys.argv[1], sys.argv[2], sys.argv[3:]
+    reader = GGUFReader(path)
+    version = int(reader.fields["GGUF.version"].contents())
+    metadata = [
+        {"key": key, "type": type_name(f), "value": value(f)}
+        for key, f in reader.fields.items()
+        if not key.startswith("GGUF.")
+    ]
+    tensors = [
+        {
+            "name": t.name,
+            "dims": [int(d) for d in t.shape],
+            "type": t.tensor_type.name,
+            "offset": int(t.data_offset) - int(reader.data_offset),
+            "n_bytes": int(t.n_bytes),
+        }
+        for t in reader.tensors
+    ]
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "reference.json"), "w", encoding="utf-8") as f:
+        json.dump(
+            {
+                "version": version,
+                "alignment": int(reader.alignment),
+                "data_offset": int(reader.data_offset),
+                "metadata": metadata,
+                "tensors": tensors,
+            },
+            f,
+            ensure_ascii=False,
+        )
+    by_name = {t.name: t for t in reader.tensors}
+    for name in wanted:
+        t = by_name[name]
+        values = dequantize(t.data, t.tensor_type).astype("<f4")
+        values.tofile(os.path.join(out_dir, name + ".f32"))
+
+
+if __name__ == "__main__":
+    main()
