@@ -11,6 +11,8 @@ BOS or other token is added. For each prompt OUT.json gets
 
   logprobs       the log-softmax over the whole vocabulary of the logits after the last
                  prompt token (n_vocab float32 values, indexed by token id)
+  text           the greedy continuation's text (EOG token excluded)
+  n_generated    how many tokens it generated (EOG included)
   greedy         the greedy continuation: up to --n-predict token ids (temperature 0, top-k
                  1, no repetition/presence/frequency/DRY penalty); it ends early with the
                  end-of-generation token included when the model emits one
@@ -29,7 +31,9 @@ evaluated from scratch:
      -> choices[0].logprobs.content[0].top_logprobs: every token id with its log-probability
      (llama.cpp takes the softmax of the raw logits in float32, then the log);
   2. {"prompt": ids, "n_predict": N, "n_probs": 1, "temperature": 0, "top_k": 1, ...}
-     -> choices[0].logprobs.content[i].id: the generated ids.
+     -> choices[0].text, usage.completion_tokens, and choices[0].logprobs.content[i].id:
+     the generated ids, except that the server lists a token only once its text is
+     complete UTF-8 (byte-fallback tokens of one character appear as one entry).
 The thread count is fixed (--threads), one slot, no prompt cache, a fixed seed: two runs on
 one machine give identical files (1 and 2 threads gave identical files too). The default is one
 thread: llama.cpp's OpenMP threads spin while waiting, and on a 2-core machine that is busy
@@ -142,8 +146,16 @@ def next_token_logprobs(server, prompt, n_vocab):
 
 
 def greedy_continuation(server, prompt, n_predict):
-    choice = complete(server, {"prompt": prompt, "n_predict": n_predict, "n_probs": 1, **GREEDY})
-    return [entry["id"] for entry in choice["logprobs"]["content"]], choice["finish_reason"]
+    """Greedy continuation: (listed ids, text, number of tokens generated, finish reason).
+    The server lists a token only once its text is complete UTF-8, so byte-fallback tokens
+    that form one character appear as a single entry; `text` and the count are exact."""
+    request = {"prompt": prompt, "n_predict": n_predict, "n_probs": 1, **GREEDY, "return_tokens": True}
+    response = server.handle_completions(request)
+    if not isinstance(response, dict) or "choices" not in response:
+        fail(f"llama.cpp server error: {response}")
+    choice = response["choices"][0]
+    ids = [entry["id"] for entry in (choice["logprobs"] or {}).get("content", [])]
+    return ids, choice["text"], response["usage"]["completion_tokens"], choice["finish_reason"]
 
 
 def float32_list(values):
@@ -179,12 +191,12 @@ def main():
     results = []
     for i, prompt in enumerate(prompts):
         logprobs = next_token_logprobs(server, prompt, n_vocab)
-        greedy, finish_reason = greedy_continuation(server, prompt, args.n_predict)
+        greedy, text, n_generated, finish_reason = greedy_continuation(server, prompt, args.n_predict)
         if greedy and greedy[0] != int(np.argmax(logprobs)):
             print(f"llamacpp_ref: warning: prompt {i}: first greedy token {greedy[0]} is not "
                   f"the argmax {int(np.argmax(logprobs))} of the log-probabilities",
                   file=sys.stderr)
-        results.append((prompt, logprobs, greedy, finish_reason))
+        results.append((prompt, logprobs, greedy, text, n_generated, finish_reason))
         top = np.argsort(-logprobs, kind="stable")[:5]
         print(f"prompt {i}: {len(prompt)} tokens; top-5 next "
               + ", ".join(f"{t}:{logprobs[t]:.4f}" for t in top)
@@ -197,8 +209,9 @@ def main():
     try:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(json.dumps(header)[:-1] + ', "results": [\n')
-            for j, (prompt, logprobs, greedy, finish_reason) in enumerate(results):
+            for j, (prompt, logprobs, greedy, text, n_generated, finish_reason) in enumerate(results):
                 f.write(f'{{"prompt": {json.dumps(prompt)}, "greedy": {json.dumps(greedy)}, '
+                        f'"text": {json.dumps(text)}, "n_generated": {n_generated}, '
                         f'"finish_reason": {json.dumps(finish_reason)}, '
                         f'"logprobs": {float32_list(logprobs)}}}')
                 f.write(",\n" if j + 1 < len(results) else "\n")
