@@ -11,9 +11,12 @@ pub fn report() -> String {
     if let Some((total, avail)) = memory_kib() {
         let _ = writeln!(out, "memory: {:.1} GiB total, {:.1} GiB available", gib(total), gib(avail));
     }
-    match engine::Device::cuda(0) {
-        Ok(d) => {
-            let _ = writeln!(out, "gpu: {d}");
+    match kernels_cuda::probe() {
+        Ok(info) => {
+            let _ = write!(out, "{info}");
+            if let Err(e) = engine::Device::cuda(0) {
+                let _ = writeln!(out, "training/inference device: cpu ({e})");
+            }
         }
         Err(e) => {
             let _ = writeln!(out, "gpu: none ({e})");
