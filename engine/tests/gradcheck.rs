@@ -311,6 +311,17 @@ fn matmul_nt() {
 
 // ----------------------------------------------------------------- nonlinear ops
 
+/// The NF4 weight is frozen: only `x` gets a gradient, `dx = g @ dequant(W)`.
+#[test]
+fn nf4_matmul_nt() {
+    use engine::quant::nf4::Nf4Weight;
+    let mut rng = Rng::new(16);
+    let w: Vec<f32> = rng.normal_vec(5 * 128, 1.0);
+    let q = std::sync::Arc::new(Nf4Weight::quantize(&w, &[5, 128], true).unwrap());
+    let x = var(&mut rng, &[2, 3, 128], 1.0);
+    check("nf4_matmul_nt", &[x], |x| ops::nf4_matmul_nt(&x[0], &q));
+}
+
 #[test]
 fn log_softmax() {
     let mut rng = Rng::new(16);
