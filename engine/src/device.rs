@@ -1,6 +1,6 @@
 //! Where a tensor lives.
 
-use crate::{Error, Result};
+use crate::Result;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Device {
@@ -9,14 +9,10 @@ pub enum Device {
 }
 
 impl Device {
-    /// The CUDA device with this ordinal. Until the CUDA backend is compiled in, this is a
-    /// clear error on every machine, which callers report instead of panicking.
+    /// The CUDA device with this ordinal, opened (context, stream, cuBLAS) on first use; a
+    /// clear error where there is no GPU or driver.
     pub fn cuda(ordinal: usize) -> Result<Device> {
-        Err(Error::CudaUnavailable {
-            ordinal,
-            reason: "this build of ferrotune's engine has no CUDA backend yet; use --device cpu"
-                .into(),
-        })
+        crate::cuda::device(ordinal).map(|_| Device::Cuda(ordinal))
     }
     pub fn is_cpu(self) -> bool {
         self == Device::Cpu

@@ -9,6 +9,7 @@
 //! - [`quant`]: packed storage formats (bitsandbytes NF4 with double quantization, GGML blocks).
 
 pub mod autograd;
+pub mod cuda;
 pub mod device;
 pub mod dtype;
 pub mod error;

@@ -146,6 +146,17 @@ impl CpuStorage {
         }
         each_storage!(self, v => go::<_, T>(v, layout))
     }
+    /// The elements selected by `layout`, row-major, in this storage's own dtype.
+    pub fn select(&self, layout: &Layout) -> CpuStorage {
+        match self {
+            CpuStorage::F64(_) => CpuStorage::F64(self.gather(layout)),
+            CpuStorage::F32(_) => CpuStorage::F32(self.gather(layout)),
+            CpuStorage::F16(_) => CpuStorage::F16(self.gather(layout)),
+            CpuStorage::BF16(_) => CpuStorage::BF16(self.gather(layout)),
+            CpuStorage::U32(_) => CpuStorage::U32(self.gather(layout)),
+            CpuStorage::I32(_) => CpuStorage::I32(self.gather(layout)),
+        }
+    }
     /// The selected elements as the compute type `T` (no copy when already contiguous `T`).
     pub fn floats<T: Real + StorageElem>(&self, layout: &Layout) -> Cow<'_, [T]> {
         if layout.is_contiguous() {

@@ -1,6 +1,7 @@
 //! The tensor: a view (layout) over shared storage, with its place in the autograd graph.
 
 use crate::autograd::{self, Backward};
+use crate::cuda::{self, CudaStorage};
 use crate::storage::{CpuStorage, StorageElem};
 use crate::{DType, Device, Error, Layout, Result, WithDType};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,17 +11,20 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 #[derive(Debug)]
 pub enum Storage {
     Cpu(CpuStorage),
+    Cuda(CudaStorage),
 }
 
 impl Storage {
     pub fn device(&self) -> Device {
         match self {
             Storage::Cpu(_) => Device::Cpu,
+            Storage::Cuda(s) => Device::Cuda(s.dev.ordinal),
         }
     }
     pub fn dtype(&self) -> DType {
         match self {
             Storage::Cpu(s) => s.dtype(),
+            Storage::Cuda(s) => s.dtype(),
         }
     }
 }
@@ -103,22 +107,43 @@ impl Tensor {
 
     pub fn zeros(shape: &[usize], dtype: DType, device: Device) -> Result<Tensor> {
         let n = shape.iter().product();
-        Tensor::from_cpu(CpuStorage::zeros(dtype, n), shape).to_device(device)
+        let storage = match device {
+            Device::Cpu => Storage::Cpu(CpuStorage::zeros(dtype, n)),
+            Device::Cuda(i) => Storage::Cuda(CudaStorage::zeros(dtype, n, &cuda::device(i)?)?),
+        };
+        Ok(Tensor::from_storage(storage, shape))
     }
 
     pub fn scalar(v: f32) -> Tensor {
         Tensor::from_cpu(CpuStorage::F32(vec![v]), &[])
     }
 
-    /// Copies the tensor to `device` (a no-op handle clone when it is already there).
+    /// Copies the tensor to `device` (a no-op handle clone when it is already there). The
+    /// copy is contiguous and has no history.
     pub fn to_device(&self, device: Device) -> Result<Tensor> {
         if device == self.device() {
             return Ok(self.clone());
         }
-        match device {
-            Device::Cpu => unreachable!("only CPU storage exists in this build"),
-            Device::Cuda(n) => Device::cuda(n).map(|_| self.clone()),
-        }
+        let host = self.host_values()?;
+        let storage = match device {
+            Device::Cpu => Storage::Cpu(host),
+            Device::Cuda(i) => Storage::Cuda(CudaStorage::upload(&host, &cuda::device(i)?)?),
+        };
+        Ok(Tensor::from_storage(storage, self.shape()))
+    }
+
+    /// The selected elements, row-major, in this tensor's dtype, on the host.
+    fn host_values(&self) -> Result<CpuStorage> {
+        let guard = self.storage();
+        let downloaded;
+        let all = match &*guard {
+            Storage::Cpu(s) => s,
+            Storage::Cuda(s) => {
+                downloaded = s.download()?;
+                &downloaded
+            }
+        };
+        Ok(all.select(self.layout()))
     }
 
     /// A trainable leaf: shares this tensor's storage, requires grad, has no history.
@@ -200,6 +225,13 @@ impl Tensor {
     pub fn is_contiguous(&self) -> bool {
         self.0.layout.is_contiguous()
     }
+    /// Elements in the whole storage this tensor views.
+    pub(crate) fn storage_len(&self) -> usize {
+        match &*self.storage() {
+            Storage::Cpu(s) => s.len(),
+            Storage::Cuda(s) => s.len(),
+        }
+    }
     pub(crate) fn storage(&self) -> RwLockReadGuard<'_, Storage> {
         self.0.storage.read().expect("tensor storage lock poisoned")
     }
@@ -211,6 +243,7 @@ impl Tensor {
     pub fn to_vec<T: StorageElem>(&self) -> Result<Vec<T>> {
         match &*self.storage() {
             Storage::Cpu(s) => Ok(s.gather::<T>(self.layout())),
+            Storage::Cuda(s) => Ok(s.download()?.gather::<T>(self.layout())),
         }
     }
     pub fn to_vec_f32(&self) -> Result<Vec<f32>> {

@@ -62,8 +62,133 @@ pub const ELEMENTWISE: KernelModule = KernelModule {
     ],
 };
 
+/// `kernels/rope.cu`: rotary position embedding in place (rotate-half layout), backward = the
+/// same rotation with sin negated.
+pub const ROPE: KernelModule = KernelModule {
+    name: "rope",
+    file: "rope.cu",
+    source: include_str!("../kernels/rope.cu"),
+    headers: &[COMMON],
+    kernels: &["rope_fwd_f32", "rope_fwd_bf16", "rope_bwd_f32", "rope_bwd_bf16"],
+};
+
+/// `kernels/swiglu.cu`: `silu(gate) * up` and its backward, out of place or over its inputs.
+pub const SWIGLU: KernelModule = KernelModule {
+    name: "swiglu",
+    file: "swiglu.cu",
+    source: include_str!("../kernels/swiglu.cu"),
+    headers: &[COMMON],
+    kernels: &[
+        "swiglu_fwd_f32",
+        "swiglu_fwd_bf16",
+        "swiglu_bwd_f32",
+        "swiglu_bwd_bf16",
+        "swiglu_bwd_inplace_f32",
+        "swiglu_bwd_inplace_bf16",
+    ],
+};
+
+/// `kernels/embedding.cu`: row gather by u32 id, scatter-add backward into an f32 table.
+pub const EMBEDDING: KernelModule = KernelModule {
+    name: "embedding",
+    file: "embedding.cu",
+    source: include_str!("../kernels/embedding.cu"),
+    headers: &[COMMON],
+    kernels: &[
+        "embedding_fwd_f32",
+        "embedding_fwd_bf16",
+        "embedding_bwd_f32",
+        "embedding_bwd_bf16",
+    ],
+};
+
+/// `kernels/cross_entropy.cu`: per-row logsumexp and loss (label -100 ignored), the gradient in
+/// place, or both in one launch.
+pub const CROSS_ENTROPY: KernelModule = KernelModule {
+    name: "cross_entropy",
+    file: "cross_entropy.cu",
+    source: include_str!("../kernels/cross_entropy.cu"),
+    headers: &[COMMON],
+    kernels: &[
+        "cross_entropy_fwd_f32",
+        "cross_entropy_fwd_bf16",
+        "cross_entropy_bwd_f32",
+        "cross_entropy_bwd_bf16",
+        "cross_entropy_fused_f32",
+        "cross_entropy_fused_bf16",
+    ],
+};
+
+/// `kernels/nf4.cu`: NF4 dequantization (bit-exact with the CPU twin) and the fused NF4 GEMV.
+pub const NF4: KernelModule = KernelModule {
+    name: "nf4",
+    file: "nf4.cu",
+    source: include_str!("../kernels/nf4.cu"),
+    headers: &[COMMON],
+    kernels: &[
+        "nf4_dequant_f32",
+        "nf4_dequant_bf16",
+        "nf4_gemv1_f32",
+        "nf4_gemv2_f32",
+        "nf4_gemv3_f32",
+        "nf4_gemv4_f32",
+        "nf4_gemv5_f32",
+        "nf4_gemv6_f32",
+        "nf4_gemv7_f32",
+        "nf4_gemv8_f32",
+        "nf4_gemv1_bf16",
+        "nf4_gemv2_bf16",
+        "nf4_gemv3_bf16",
+        "nf4_gemv4_bf16",
+        "nf4_gemv5_bf16",
+        "nf4_gemv6_bf16",
+        "nf4_gemv7_bf16",
+        "nf4_gemv8_bf16",
+    ],
+};
+
+/// `kernels/copy.cu`: strided copies between views of one shape (2- and 4-byte elements).
+pub const COPY: KernelModule = KernelModule {
+    name: "copy",
+    file: "copy.cu",
+    source: include_str!("../kernels/copy.cu"),
+    headers: &[],
+    kernels: &["copy_strided_b16", "copy_strided_b32"],
+};
+
+/// `kernels/attention.cu`: causal GQA flash attention, forward (o, lse) and backward (dq, dk, dv);
+/// bf16 on tensor cores (head_dim 64, 128), f32 on CUDA cores.
+pub const ATTENTION: KernelModule = KernelModule {
+    name: "attention",
+    file: "attention.cu",
+    source: include_str!("../kernels/attention.cu"),
+    headers: &[COMMON],
+    kernels: &[
+        "attention_fwd_bf16_d64",
+        "attention_fwd_bf16_d128",
+        "attention_fwd_f32",
+        "attention_bwd_pre_bf16",
+        "attention_bwd_pre_f32",
+        "attention_bwd_bf16_d64",
+        "attention_bwd_bf16_d128",
+        "attention_bwd_post_bf16",
+        "attention_bwd_dq_f32",
+        "attention_bwd_dkdv_f32",
+    ],
+};
+
 /// Every module shipped with the crate.
-pub const MODULES: &[KernelModule] = &[RMS_NORM, ELEMENTWISE];
+pub const MODULES: &[KernelModule] = &[
+    COPY,
+    RMS_NORM,
+    ELEMENTWISE,
+    ROPE,
+    SWIGLU,
+    EMBEDDING,
+    CROSS_ENTROPY,
+    NF4,
+    ATTENTION,
+];
 
 #[cfg(test)]
 mod tests {

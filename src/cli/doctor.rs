@@ -14,9 +14,6 @@ pub fn report() -> String {
     match kernels_cuda::probe() {
         Ok(info) => {
             let _ = write!(out, "{info}");
-            if let Err(e) = engine::Device::cuda(0) {
-                let _ = writeln!(out, "training/inference device: cpu ({e})");
-            }
         }
         Err(e) => {
             let _ = writeln!(out, "gpu: none ({e})");

@@ -47,6 +47,10 @@ pub fn run(args: Args) -> Result<()> {
         "cpu" => {}
         "cuda" => {
             engine::Device::cuda(0)?;
+            bail!(
+                "--device cuda: the engine's CUDA backend does not cover the whole Llama forward yet \
+                 (it has matmul, add, casts and RMSNorm); use --device cpu"
+            );
         }
         other => bail!("--device {other}: expected cpu or cuda"),
     }

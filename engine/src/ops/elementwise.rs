@@ -3,7 +3,11 @@
 use super::{output, run_cpu, same_dtype, same_shape, CpuKernel};
 use crate::autograd::{Backward, GradStore};
 use crate::storage::{CpuStorage, StorageElem};
-use crate::{DType, Real, Result, Tensor};
+use super::dense;
+use crate::cuda::{self, CudaBuf, CudaStorage};
+use crate::tensor::Storage;
+use crate::{DType, Device, Error, Real, Result, Tensor};
+use kernels_cuda::ops::elementwise as kernels;
 use rayon::prelude::*;
 use std::sync::Arc;
 
@@ -28,8 +32,27 @@ impl CpuKernel for Binary {
 fn binary(op: &'static str, kind: BinOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     same_shape(op, a, b)?;
     same_dtype(op, a, b)?;
+    a.check_same_device(b, op)?;
+    if let (Device::Cuda(_), BinOp::Add) = (a.device(), kind) {
+        return add_cuda(a, b);
+    }
     let mut outs = run_cpu(op, &Binary(kind), &[a, b])?;
     Ok(output(outs.remove(0), a.shape(), a.dtype()))
+}
+
+fn add_cuda(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (a, b) = (dense(a)?, dense(b)?);
+    let (ga, gb) = (a.storage(), b.storage());
+    let (Storage::Cuda(sa), Storage::Cuda(sb)) = (&*ga, &*gb) else { unreachable!("device checked") };
+    let mut out = CudaStorage::zeros(sa.dtype(), a.elem_count(), &sa.dev)?;
+    let g = &sa.dev.gpu;
+    match (&sa.buf, &sb.buf, &mut out.buf) {
+        (CudaBuf::F32(x), CudaBuf::F32(y), CudaBuf::F32(z)) => kernels::add(g, x, y, z),
+        (CudaBuf::BF16(x), CudaBuf::BF16(y), CudaBuf::BF16(z)) => kernels::add(g, x, y, z),
+        _ => return Err(Error::DType { op: "add (cuda)", dtype: a.dtype() }),
+    }
+    .map_err(|e| cuda::err("add", e))?;
+    Ok(Tensor::from_storage(Storage::Cuda(out), a.shape()))
 }
 
 /// `a + b` (same shape and dtype).
@@ -114,9 +137,34 @@ pub fn cast(x: &Tensor, dtype: DType) -> Result<Tensor> {
     if x.dtype() == dtype {
         return Ok(x.clone());
     }
-    let values: Vec<f64> = x.to_vec()?;
-    let out = Tensor::from_cpu(CpuStorage::from_compute(values, dtype), x.shape());
+    let out = if x.device().is_cpu() {
+        let values: Vec<f64> = x.to_vec()?;
+        Tensor::from_cpu(CpuStorage::from_compute(values, dtype), x.shape())
+    } else {
+        cast_cuda(x, dtype)?
+    };
     Ok(out.track(&[x], || Arc::new(CastBackward { x: x.clone() })))
+}
+
+fn cast_cuda(x: &Tensor, dtype: DType) -> Result<Tensor> {
+    let x = dense(x)?;
+    let gx = x.storage();
+    let Storage::Cuda(sx) = &*gx else { unreachable!("cuda tensor") };
+    let mut out = CudaStorage::zeros(dtype, x.elem_count(), &sx.dev)?;
+    let g = &sx.dev.gpu;
+    match (&sx.buf, &mut out.buf) {
+        (CudaBuf::F32(a), CudaBuf::BF16(b)) => kernels::cast_f32_to_bf16(g, a, b),
+        (CudaBuf::BF16(a), CudaBuf::F32(b)) => kernels::cast_bf16_to_f32(g, a, b),
+        _ => {
+            return Err(Error::Msg(format!(
+                "cast on CUDA from {} to {} has no kernel yet (f32 <-> bf16 only)",
+                x.dtype().name(),
+                dtype.name()
+            )))
+        }
+    }
+    .map_err(|e| cuda::err("cast", e))?;
+    Ok(Tensor::from_storage(Storage::Cuda(out), x.shape()))
 }
 
 struct CastBackward {
@@ -134,7 +182,11 @@ impl Backward for CastBackward {
     }
 }
 
+/// A tensor shaped like `like`, every element `v`, on its device.
 fn filled(like: &Tensor, v: f64) -> Result<Tensor> {
+    if v == 0.0 {
+        return Tensor::zeros(like.shape(), like.dtype(), like.device());
+    }
     let n = like.elem_count();
     Tensor::from_cpu(CpuStorage::from_compute(vec![v; n], like.dtype()), like.shape()).to_device(like.device())
 }

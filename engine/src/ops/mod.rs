@@ -28,6 +28,7 @@ pub use rope::{rope, RopeTable};
 pub use softmax::log_softmax;
 pub use swiglu::swiglu;
 pub use view::{contiguous, narrow, reshape, transpose};
+pub(crate) use view::dense;
 
 use crate::storage::{CpuStorage, StorageElem};
 use crate::tensor::Storage;
@@ -54,9 +55,10 @@ pub(crate) fn run_cpu<K: CpuKernel>(op: &'static str, k: &K, inputs: &[&Tensor])
     let cpu: Vec<&CpuStorage> = guards
         .iter()
         .map(|g| match &**g {
-            Storage::Cpu(s) => s,
+            Storage::Cpu(s) => Ok(s),
+            Storage::Cuda(_) => Err(Error::Msg(format!("{op} has no CUDA kernel in the engine yet"))),
         })
-        .collect();
+        .collect::<Result<_>>()?;
     if inputs.iter().any(|t| t.dtype() == DType::F64) {
         run_typed::<f64, K>(k, inputs, &cpu)
     } else {

@@ -1,7 +1,7 @@
 //! Views and layout changes: reshape, transpose, narrow, contiguous.
 
 use crate::autograd::{Backward, GradStore};
-use crate::storage::CpuStorage;
+use crate::cuda::CudaStorage;
 use crate::tensor::Storage;
 use crate::{Error, Layout, Result, Tensor};
 use std::sync::Arc;
@@ -11,22 +11,31 @@ pub fn contiguous(x: &Tensor) -> Result<Tensor> {
     if x.is_contiguous() {
         return Ok(x.clone());
     }
-    let out = Tensor::from_cpu(copy_values(x), x.shape());
+    let out = Tensor::from_storage(copy_values(x)?, x.shape());
     Ok(out.track(&[x], || Arc::new(Identity { x: x.clone(), name: "contiguous" })))
 }
 
-fn copy_values(x: &Tensor) -> CpuStorage {
-    let guard = x.storage();
-    let Storage::Cpu(s) = &*guard;
-    let l = x.layout();
-    match s {
-        CpuStorage::F64(_) => CpuStorage::F64(s.gather(l)),
-        CpuStorage::F32(_) => CpuStorage::F32(s.gather(l)),
-        CpuStorage::F16(_) => CpuStorage::F16(s.gather(l)),
-        CpuStorage::BF16(_) => CpuStorage::BF16(s.gather(l)),
-        CpuStorage::U32(_) => CpuStorage::U32(s.gather(l)),
-        CpuStorage::I32(_) => CpuStorage::I32(s.gather(l)),
+/// A tensor whose storage holds exactly its elements in row-major order: `x` itself when it
+/// already does, else a copy (no history). Kernels over flat buffers take these.
+pub(crate) fn dense(x: &Tensor) -> Result<Tensor> {
+    let whole = x.is_contiguous() && x.layout().offset() == 0 && x.storage_len() == x.elem_count();
+    if whole {
+        return Ok(x.clone());
     }
+    Ok(Tensor::from_storage(copy_values(x)?, x.shape()))
+}
+
+/// The tensor's elements as new contiguous storage on the same device.
+fn copy_values(x: &Tensor) -> Result<Storage> {
+    let guard = x.storage();
+    Ok(match &*guard {
+        Storage::Cpu(s) => Storage::Cpu(s.select(x.layout())),
+        Storage::Cuda(s) => {
+            let mut out = CudaStorage::zeros(s.dtype(), x.elem_count(), &s.dev)?;
+            s.copy_into(x.layout(), &mut out, &Layout::contiguous(x.shape()))?;
+            Storage::Cuda(out)
+        }
+    })
 }
 
 /// Same values, new shape (copies first when `x` is not contiguous).
@@ -116,10 +125,16 @@ impl Tensor {
             return Err(Error::shape("write_slice", format!("{:?} into {:?}", src.shape(), target.shape())));
         }
         let values = super::cast(&src.detach(), self.dtype())?;
-        let values = copy_values(&values);
+        self.check_same_device(&values, "write_slice")?;
+        let values = copy_values(&values)?;
         let mut guard = self.storage_mut();
-        let Storage::Cpu(dst) = &mut *guard;
-        dst.write(&target, &values);
+        match (&mut *guard, &values) {
+            (Storage::Cpu(dst), Storage::Cpu(src)) => dst.write(&target, src),
+            (Storage::Cuda(dst), Storage::Cuda(src)) => {
+                src.copy_into(&Layout::contiguous(target.shape()), dst, &target)?;
+            }
+            _ => unreachable!("devices checked above"),
+        }
         Ok(())
     }
 }

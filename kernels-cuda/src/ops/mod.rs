@@ -2,8 +2,15 @@
 //! enqueueing on [`Gpu::stream`](crate::Gpu::stream). Launches are asynchronous; errors of the
 //! kernel itself surface at the next synchronization.
 
+pub mod attention;
+pub mod copy;
+pub mod cross_entropy;
 pub mod elementwise;
+pub mod embedding;
+pub mod nf4;
 pub mod rms_norm;
+pub mod rope;
+pub mod swiglu;
 
 use cudarc::driver::DeviceRepr;
 use half::bf16;

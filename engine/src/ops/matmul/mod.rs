@@ -8,6 +8,8 @@ use crate::autograd::{Backward, GradStore};
 use crate::storage::{CpuStorage, StorageElem};
 use crate::tensor::Storage;
 use crate::{DType, Error, Real, Result, Tensor};
+
+mod cublas;
 use rayon::prelude::*;
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -34,12 +36,17 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let batch: usize = batch_a.iter().product();
     let mut out_shape = batch_a.to_vec();
     out_shape.extend([m, n]);
-    let storage = if a.dtype() == DType::F64 {
-        CpuStorage::F64(gemm_cpu::<f64>(a, b, batch, m, k, n, !batch_b.is_empty()))
+    let dims = Dims { batch, m, k, n, b_batched: !batch_b.is_empty() };
+    let out = if a.device().is_cpu() {
+        let storage = if a.dtype() == DType::F64 {
+            CpuStorage::F64(gemm_cpu::<f64>(a, b, &dims))
+        } else {
+            CpuStorage::F32(gemm_cpu::<f32>(a, b, &dims))
+        };
+        super::output(storage, &out_shape, a.dtype())
     } else {
-        CpuStorage::F32(gemm_cpu::<f32>(a, b, batch, m, k, n, !batch_b.is_empty()))
+        Tensor::from_storage(Storage::Cuda(cublas::gemm(a, b, &dims)?), &out_shape)
     };
-    let out = super::output(storage, &out_shape, a.dtype());
     Ok(out.track(&[a, b], || Arc::new(MatmulBackward { a: a.clone(), b: b.clone() })))
 }
 
@@ -133,10 +140,23 @@ impl Gemm for f64 {
     }
 }
 
-fn gemm_cpu<T: Gemm>(a: &Tensor, b: &Tensor, batch: usize, m: usize, k: usize, n: usize, b_batched: bool) -> Vec<T> {
+/// Sizes of a (batched) product `[batch, m, k] @ [batch or 1, k, n]`.
+pub(crate) struct Dims {
+    pub batch: usize,
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    /// Whether `b` has the batch dimension (else it is shared by every batch entry).
+    pub b_batched: bool,
+}
+
+fn gemm_cpu<T: Gemm>(a: &Tensor, b: &Tensor, d: &Dims) -> Vec<T> {
+    let (batch, m, k, n, b_batched) = (d.batch, d.m, d.k, d.n, d.b_batched);
     let ga = a.storage();
     let gb = b.storage();
-    let (Storage::Cpu(sa), Storage::Cpu(sb)) = (&*ga, &*gb);
+    let (Storage::Cpu(sa), Storage::Cpu(sb)) = (&*ga, &*gb) else {
+        unreachable!("matmul dispatches device storage to cuBLAS")
+    };
     let oa = operand::<T>(a, sa);
     let ob = operand::<T>(b, sb);
     let mut out = vec![T::ZERO; batch * m * n];

@@ -1,0 +1,162 @@
+//! The CUDA side of the engine: one context, stream and cuBLAS handle per device, device
+//! storage, and host <-> device copies. Kernels come from the `kernels-cuda` crate; ops call
+//! them from their own files (see `ops/`).
+
+use crate::storage::CpuStorage;
+use crate::{DType, Error, Layout, Result};
+use half::{bf16, f16};
+use kernels_cuda::cudarc::cublas::CudaBlas;
+use kernels_cuda::cudarc::driver::{CudaSlice, DeviceRepr};
+use kernels_cuda::ops::copy::{copy_strided, View};
+use kernels_cuda::Gpu;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// A GPU as the engine uses it.
+pub struct CudaDevice {
+    pub ordinal: usize,
+    pub gpu: Gpu,
+    pub blas: CudaBlas,
+}
+
+impl std::fmt::Debug for CudaDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CudaDevice({}: {})", self.ordinal, self.gpu.name())
+    }
+}
+
+/// The device `ordinal`, opened on first use and shared afterwards.
+pub fn device(ordinal: usize) -> Result<Arc<CudaDevice>> {
+    static DEVICES: OnceLock<Mutex<HashMap<usize, Arc<CudaDevice>>>> = OnceLock::new();
+    let mut map = DEVICES.get_or_init(Default::default).lock().expect("device registry poisoned");
+    if let Some(d) = map.get(&ordinal) {
+        return Ok(d.clone());
+    }
+    let unavailable = |reason: String| Error::CudaUnavailable { ordinal, reason };
+    let gpu = Gpu::new(ordinal).map_err(|e| unavailable(e.to_string()))?;
+    let blas = CudaBlas::new(gpu.stream().clone()).map_err(|e| unavailable(format!("cuBLAS: {e}")))?;
+    let d = Arc::new(CudaDevice { ordinal, gpu, blas });
+    map.insert(ordinal, d.clone());
+    Ok(d)
+}
+
+/// Turns a kernels-cuda or driver error into the engine's.
+pub(crate) fn err(context: &str, e: impl std::fmt::Display) -> Error {
+    Error::Msg(format!("{context}: {e}"))
+}
+
+/// Maps a driver result into the engine's, naming what was being done.
+pub(crate) fn drv<T, E: std::fmt::Display>(r: std::result::Result<T, E>, what: &str) -> Result<T> {
+    r.map_err(|e| err(what, e))
+}
+
+/// Device memory of one dtype.
+pub enum CudaBuf {
+    F32(CudaSlice<f32>),
+    F16(CudaSlice<f16>),
+    BF16(CudaSlice<bf16>),
+    U32(CudaSlice<u32>),
+    I32(CudaSlice<i32>),
+}
+
+pub struct CudaStorage {
+    pub buf: CudaBuf,
+    pub dev: Arc<CudaDevice>,
+}
+
+impl std::fmt::Debug for CudaStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CudaStorage({:?}, {} elements on {:?})", self.dtype(), self.len(), self.dev)
+    }
+}
+
+macro_rules! each_buf {
+    ($b:expr, $v:ident => $body:expr) => {
+        match $b {
+            CudaBuf::F32($v) => $body,
+            CudaBuf::F16($v) => $body,
+            CudaBuf::BF16($v) => $body,
+            CudaBuf::U32($v) => $body,
+            CudaBuf::I32($v) => $body,
+        }
+    };
+}
+
+impl CudaStorage {
+    pub fn dtype(&self) -> DType {
+        match self.buf {
+            CudaBuf::F32(_) => DType::F32,
+            CudaBuf::F16(_) => DType::F16,
+            CudaBuf::BF16(_) => DType::BF16,
+            CudaBuf::U32(_) => DType::U32,
+            CudaBuf::I32(_) => DType::I32,
+        }
+    }
+    pub fn len(&self) -> usize {
+        each_buf!(&self.buf, v => v.len())
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Copies host storage to `dev`.
+    pub fn upload(cpu: &CpuStorage, dev: &Arc<CudaDevice>) -> Result<CudaStorage> {
+        let s = dev.gpu.stream();
+        let buf = match cpu {
+            CpuStorage::F32(v) => CudaBuf::F32(drv(s.clone_htod(v), "host -> device copy")?),
+            CpuStorage::F16(v) => CudaBuf::F16(drv(s.clone_htod(v), "host -> device copy")?),
+            CpuStorage::BF16(v) => CudaBuf::BF16(drv(s.clone_htod(v), "host -> device copy")?),
+            CpuStorage::U32(v) => CudaBuf::U32(drv(s.clone_htod(v), "host -> device copy")?),
+            CpuStorage::I32(v) => CudaBuf::I32(drv(s.clone_htod(v), "host -> device copy")?),
+            CpuStorage::F64(_) => {
+                return Err(Error::DType { op: "to_device(cuda)", dtype: DType::F64 });
+            }
+        };
+        Ok(CudaStorage { buf, dev: dev.clone() })
+    }
+
+    /// Copies the whole buffer to the host (waits for the stream).
+    pub fn download(&self) -> Result<CpuStorage> {
+        let s = self.dev.gpu.stream();
+        Ok(match &self.buf {
+            CudaBuf::F32(v) => CpuStorage::F32(drv(s.clone_dtoh(v), "device -> host copy")?),
+            CudaBuf::F16(v) => CpuStorage::F16(drv(s.clone_dtoh(v), "device -> host copy")?),
+            CudaBuf::BF16(v) => CpuStorage::BF16(drv(s.clone_dtoh(v), "device -> host copy")?),
+            CudaBuf::U32(v) => CpuStorage::U32(drv(s.clone_dtoh(v), "device -> host copy")?),
+            CudaBuf::I32(v) => CpuStorage::I32(drv(s.clone_dtoh(v), "device -> host copy")?),
+        })
+    }
+
+    /// `n` zeros of `dtype` on `dev`.
+    pub fn zeros(dtype: DType, n: usize, dev: &Arc<CudaDevice>) -> Result<CudaStorage> {
+        let s = dev.gpu.stream();
+        let buf = match dtype {
+            DType::F32 => CudaBuf::F32(drv(s.alloc_zeros(n), "device allocation")?),
+            DType::F16 => CudaBuf::F16(drv(s.alloc_zeros(n), "device allocation")?),
+            DType::BF16 => CudaBuf::BF16(drv(s.alloc_zeros(n), "device allocation")?),
+            DType::U32 => CudaBuf::U32(drv(s.alloc_zeros(n), "device allocation")?),
+            DType::I32 => CudaBuf::I32(drv(s.alloc_zeros(n), "device allocation")?),
+            DType::F64 => return Err(Error::DType { op: "zeros(cuda)", dtype }),
+        };
+        Ok(CudaStorage { buf, dev: dev.clone() })
+    }
+
+    /// Copies the elements of view `from` of `self` into view `to` of `dst` (same shape).
+    pub fn copy_into(&self, from: &Layout, dst: &mut CudaStorage, to: &Layout) -> Result<()> {
+        fn view(l: &Layout) -> View<'_> {
+            View { shape: l.shape(), strides: l.strides(), offset: l.offset() }
+        }
+        fn go<T: DeviceRepr>(g: &Gpu, a: &CudaSlice<T>, f: &Layout, b: &mut CudaSlice<T>, t: &Layout) -> Result<()> {
+            copy_strided(g, a, &view(f), b, &view(t)).map_err(|e| err("strided copy", e))
+        }
+        let g = &self.dev.gpu;
+        match (&self.buf, &mut dst.buf) {
+            (CudaBuf::F32(a), CudaBuf::F32(b)) => go(g, a, from, b, to),
+            (CudaBuf::F16(a), CudaBuf::F16(b)) => go(g, a, from, b, to),
+            (CudaBuf::BF16(a), CudaBuf::BF16(b)) => go(g, a, from, b, to),
+            (CudaBuf::U32(a), CudaBuf::U32(b)) => go(g, a, from, b, to),
+            (CudaBuf::I32(a), CudaBuf::I32(b)) => go(g, a, from, b, to),
+            _ => Err(Error::Msg(format!("strided copy between {:?} and {:?}", self.dtype(), dst.dtype()))),
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! The engine's CUDA backend against its CPU twin: transfers, strided copies, cuBLAS matmul,
+//! add, casts, RMSNorm forward/backward, and autograd through device tensors. Every test
+//! prints "skipped: no CUDA device (...)" and returns on machines without a GPU; they run on
+//! the GPU machine through ../shared/tools/gpu-stage.
+//!
+//! Tolerances: f32 |Δ| <= 1e-4 + 1e-4 |ref| (cuBLAS and the kernels sum in another order);
+//! bf16 |Δ| <= 2e-2 + 2e-2 |ref| (one bf16 rounding of results summed in f32).
+
+use engine::autograd::backward_from;
+use engine::ops;
+use engine::rng::Rng;
+use engine::{DType, Device, Tensor};
+
+fn gpu() -> Option<Device> {
+    match Device::cuda(0) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            println!("skipped: no CUDA device ({e})");
+            None
+        }
+    }
+}
+
+fn randn(shape: &[usize], seed: u64) -> Tensor {
+    let n = shape.iter().product();
+    Tensor::from_vec(Rng::new(seed).normal_vec(n, 1.0), shape).unwrap()
+}
+
+fn assert_close(name: &str, got: &Tensor, want: &Tensor, tol: f32) {
+    assert_eq!(got.shape(), want.shape(), "{name}: shape");
+    let (g, w) = (got.to_vec_f32().unwrap(), want.to_vec_f32().unwrap());
+    for (i, (a, b)) in g.iter().zip(&w).enumerate() {
+        assert!((a - b).abs() <= tol + tol * b.abs(), "{name}: element {i}: gpu {a} vs cpu {b}");
+    }
+}
+
+#[test]
+fn cuda_transfers_round_trip() {
+    let Some(dev) = gpu() else { return };
+    let x = randn(&[3, 5], 1);
+    assert_eq!(x.to_device(dev).unwrap().to_vec_f32().unwrap(), x.to_vec_f32().unwrap());
+    let b = ops::cast(&x, DType::BF16).unwrap();
+    let back = b.to_device(dev).unwrap().to_device(Device::Cpu).unwrap();
+    assert_eq!(back.to_vec::<half::bf16>().unwrap(), b.to_vec::<half::bf16>().unwrap());
+    let ids = Tensor::from_vec(vec![7u32, 0, 3], &[3]).unwrap();
+    assert_eq!(ids.to_device(dev).unwrap().to_vec::<u32>().unwrap(), vec![7, 0, 3]);
+    assert!(x.to_device(dev).unwrap().device() == dev);
+}
+
+#[test]
+fn cuda_strided_copies() {
+    let Some(dev) = gpu() else { return };
+    let x = randn(&[4, 7, 5], 2);
+    let g = x.to_device(dev).unwrap();
+    let t = ops::contiguous(&ops::transpose(&g, 0, 2).unwrap()).unwrap();
+    assert_close("transpose", &t, &ops::contiguous(&ops::transpose(&x, 0, 2).unwrap()).unwrap(), 0.0);
+    let n = ops::contiguous(&ops::narrow(&g, 1, 2, 3).unwrap()).unwrap();
+    assert_close("narrow", &n, &ops::contiguous(&ops::narrow(&x, 1, 2, 3).unwrap()).unwrap(), 0.0);
+    let cache = Tensor::zeros(&[2, 9, 3], DType::F32, dev).unwrap();
+    let part = randn(&[2, 4, 3], 3);
+    cache.write_slice(1, 5, &part.to_device(dev).unwrap()).unwrap();
+    let host = Tensor::zeros(&[2, 9, 3], DType::F32, Device::Cpu).unwrap();
+    host.write_slice(1, 5, &part).unwrap();
+    assert_close("write_slice", &cache, &host, 0.0);
+}
+
+#[test]
+fn cuda_matmul_matches_cpu() {
+    let Some(dev) = gpu() else { return };
+    let cases: [(&[usize], &[usize], bool); 5] = [
+        (&[1, 7], &[5, 7], true),      // decode row against a weight (x @ w^T)
+        (&[33, 64], &[96, 64], true),  // odd rows
+        (&[2, 3, 17], &[17, 9], false), // 2-D right operand broadcast over the batch
+        (&[3, 5, 8], &[3, 8, 6], false), // batched
+        (&[129, 257], &[257, 65], false),
+    ];
+    for (i, (sa, sb, nt)) in cases.into_iter().enumerate() {
+        let (a, b) = (randn(sa, 10 + i as u64), randn(sb, 20 + i as u64));
+        let f = |a: &Tensor, b: &Tensor| if nt { ops::matmul_nt(a, b) } else { ops::matmul(a, b) };
+        let want = f(&a, &b).unwrap();
+        let got = f(&a.to_device(dev).unwrap(), &b.to_device(dev).unwrap()).unwrap();
+        assert_close(&format!("matmul f32 case {i}"), &got, &want, 1e-4);
+        let (a16, b16) = (ops::cast(&a, DType::BF16).unwrap(), ops::cast(&b, DType::BF16).unwrap());
+        let want = f(&a16, &b16).unwrap();
+        let got = f(&a16.to_device(dev).unwrap(), &b16.to_device(dev).unwrap()).unwrap();
+        assert_eq!(got.dtype(), DType::BF16);
+        assert_close(&format!("matmul bf16 case {i}"), &got, &want, 2e-2);
+    }
+}
+
+#[test]
+fn cuda_add_and_casts_match_cpu() {
+    let Some(dev) = gpu() else { return };
+    let (a, b) = (randn(&[3, 1001], 30), randn(&[3, 1001], 31));
+    let (ga, gb) = (a.to_device(dev).unwrap(), b.to_device(dev).unwrap());
+    assert_close("add f32", &ops::add(&ga, &gb).unwrap(), &ops::add(&a, &b).unwrap(), 1e-6);
+    let (a16, b16) = (ops::cast(&a, DType::BF16).unwrap(), ops::cast(&b, DType::BF16).unwrap());
+    let g16 = ops::cast(&ga, DType::BF16).unwrap();
+    assert_eq!(g16.to_vec::<half::bf16>().unwrap(), a16.to_vec::<half::bf16>().unwrap(), "f32 -> bf16 rounding");
+    let sum = ops::add(&g16, &ops::cast(&gb, DType::BF16).unwrap()).unwrap();
+    assert_eq!(sum.to_vec::<half::bf16>().unwrap(), ops::add(&a16, &b16).unwrap().to_vec::<half::bf16>().unwrap());
+    let back = ops::cast(&g16, DType::F32).unwrap();
+    assert_eq!(back.to_vec_f32().unwrap(), ops::cast(&a16, DType::F32).unwrap().to_vec_f32().unwrap());
+}
+
+#[test]
+fn cuda_rms_norm_and_autograd_match_cpu() {
+    let Some(dev) = gpu() else { return };
+    for (dtype, tol) in [(DType::F32, 1e-4), (DType::BF16, 2e-2)] {
+        let x = ops::cast(&randn(&[2, 5, 576], 40), dtype).unwrap();
+        let w = ops::cast(&randn(&[576], 41), dtype).unwrap();
+        let proj = ops::cast(&randn(&[96, 576], 42), dtype).unwrap();
+        let seed = ops::cast(&randn(&[2, 5, 96], 43), dtype).unwrap();
+        // y = rms_norm(x) @ proj^T + ... : gradients flow to x through cuBLAS and the kernels.
+        let run = |d: Device| {
+            let xv = x.to_device(d).unwrap().into_var();
+            let h = ops::rms_norm(&xv, &w.to_device(d).unwrap(), 1e-5).unwrap();
+            let y = ops::matmul_nt(&h, &proj.to_device(d).unwrap()).unwrap();
+            let grads = backward_from(&y, &seed.to_device(d).unwrap()).unwrap();
+            (h, y, grads.get(&xv).unwrap().clone())
+        };
+        let (hc, yc, gc) = run(Device::Cpu);
+        let (hg, yg, gg) = run(dev);
+        assert_close(&format!("rms_norm {dtype:?}"), &hg, &hc, tol);
+        assert_close(&format!("rms_norm @ proj {dtype:?}"), &yg, &yc, tol);
+        assert_close(&format!("dx {dtype:?}"), &gg, &gc, tol);
+    }
+}
+
+#[test]
+fn cuda_ops_without_kernels_say_so() {
+    let Some(dev) = gpu() else { return };
+    let x = randn(&[2, 3], 50).to_device(dev).unwrap();
+    let err = ops::swiglu(&x, &x).unwrap_err().to_string();
+    assert!(err.contains("no CUDA kernel"), "{err}");
+    let err = ops::add(&x, &randn(&[2, 3], 51)).unwrap_err().to_string();
+    assert!(err.contains("different devices"), "{err}");
+}
