@@ -8,7 +8,9 @@ Writes OUT_DIR/reference.json:
     {"version", "alignment", "data_offset",
      "metadata": [{"key", "type", "value"}]   every key in file order; "type" is the GGUF
                                               value type name ("UINT32", "ARRAY[STRING]", ...);
-                                              arrays are given whole
+                                              arrays are given whole, nested arrays as nested
+                                              lists (decoded from the reader's raw parts:
+                                              GGUFReader.contents() flattens them)
      "tensors":  [{"name", "dims", "type", "offset", "n_bytes"}]   dims in GGML order,
                                               offset relative to the tensor-data section}
 and, for each TENSOR named, OUT_DIR/<TENSOR>.f32: the tensor dequantized by
@@ -32,7 +34,28 @@ def type_name(field) -> str:
     return names[0]
 
 
+def decode_parts(parts, i, gtype):
+    """The value of type `gtype` whose raw parts start at parts[i] (GGUFReader's layout: a
+    scalar is one part, a string its length and its bytes, an array its element type, its
+    count, then each element's parts); returns (value, index after it)."""
+    if gtype == GGUFValueType.STRING:
+        return str(parts[i + 1].tobytes(), encoding="utf-8"), i + 2
+    if gtype == GGUFValueType.ARRAY:
+        itype, count = GGUFValueType(int(parts[i][0])), int(parts[i + 1][0])
+        i += 2
+        items = []
+        for _ in range(count):
+            item, i = decode_parts(parts, i, itype)
+            items.append(item)
+        return items, i
+    v = parts[i].tolist()[0]
+    return (float(v) if isinstance(v, float) else v), i + 1
+
+
 def value(field):
+    if len(field.types) >= 2 and field.types[1] == GGUFValueType.ARRAY:
+        # The field's parts start with the key (length, bytes) and the value type.
+        return decode_parts(field.parts, 3, GGUFValueType.ARRAY)[0]
     v = field.contents()
     if isinstance(v, float):
         # f32 values are widened exactly; JSON keeps the double.

@@ -1,8 +1,9 @@
-//! The GGUF reader's error type. Every message starts with the file's path.
+//! The GGUF reader's and writer's error type. Every message starts with the file's path.
 
 use std::path::PathBuf;
 
-/// What went wrong reading a GGUF file. Each variant names the file.
+/// What went wrong reading or writing a GGUF file. Each variant names the file (for the
+/// writer: the final path asked for).
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {
     /// The file could not be opened, inspected or mapped.
@@ -47,6 +48,10 @@ pub enum GgufError {
     /// A tensor could not be converted (e.g. an unsupported block format).
     #[error("{}: tensor '{tensor}': {source}", path.display())]
     Tensor { path: PathBuf, tensor: String, source: engine::Error },
+    /// Writing a GGUF file failed: `what` says which step (creating the temporary file in
+    /// its folder, writing a tensor, renaming...) and names the temporary file or folder.
+    #[error("{}: {what}: {source}", path.display())]
+    Write { path: PathBuf, what: String, source: std::io::Error },
 }
 
 /// The magic bytes as an escaped string, e.g. `"PK\x03\x04"`.

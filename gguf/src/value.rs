@@ -207,6 +207,52 @@ impl Array {
     }
 }
 
+macro_rules! value_from {
+    ($($t:ty => $variant:ident),*) => {$(
+        impl From<$t> for Value {
+            fn from(v: $t) -> Value {
+                Value::$variant(v)
+            }
+        }
+        impl From<Vec<$t>> for Array {
+            fn from(v: Vec<$t>) -> Array {
+                Array::$variant(v)
+            }
+        }
+        impl From<Vec<$t>> for Value {
+            fn from(v: Vec<$t>) -> Value {
+                Value::Array(Array::$variant(v))
+            }
+        }
+    )*};
+}
+value_from!(u8 => U8, i8 => I8, u16 => U16, i16 => I16, u32 => U32, i32 => I32, u64 => U64,
+    i64 => I64, f32 => F32, f64 => F64, bool => Bool, String => String);
+
+impl From<&str> for Value {
+    fn from(v: &str) -> Value {
+        Value::String(v.to_string())
+    }
+}
+
+impl From<Vec<&str>> for Value {
+    fn from(v: Vec<&str>) -> Value {
+        Value::Array(Array::String(v.into_iter().map(str::to_string).collect()))
+    }
+}
+
+impl From<Array> for Value {
+    fn from(v: Array) -> Value {
+        Value::Array(v)
+    }
+}
+
+impl From<Vec<Array>> for Value {
+    fn from(v: Vec<Array>) -> Value {
+        Value::Array(Array::Array(v))
+    }
+}
+
 /// Types a metadata value converts to, for [`crate::GgufFile::get`].
 ///
 /// Integers convert from any integer value type whose value fits (a `u32` key read as `u64`,
@@ -332,5 +378,14 @@ mod tests {
         assert_eq!(ValueType::from_id(13), None);
         assert_eq!(Value::Array(Array::I32(vec![1, 2, 3])).describe(), "array of 3 i32");
         assert_eq!(Value::String("x".into()).describe(), "string");
+    }
+
+    #[test]
+    fn conversions_into_values() {
+        assert_eq!(Value::from(7u32), Value::U32(7));
+        assert_eq!(Value::from("a"), Value::String("a".into()));
+        assert_eq!(Value::from(vec!["a", "b"]), Value::Array(Array::String(vec!["a".into(), "b".into()])));
+        assert_eq!(Value::from(vec![1.5f32]), Value::Array(Array::F32(vec![1.5])));
+        assert_eq!(Value::from(vec![Array::from(vec![1i8])]), Value::Array(Array::Array(vec![Array::I8(vec![1])])));
     }
 }

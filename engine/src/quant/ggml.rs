@@ -7,7 +7,10 @@
 //! [`dequantize`] expands blocks to f32 exactly as `ggml-quants.c`'s `dequantize_row_*` do
 //! (same operations in the same order, so results are bit-identical) for f32, f16, bf16,
 //! q4_0, q4_1, q5_0, q5_1, q8_0, q4_K, q5_K and q6_K. [`quantize`] packs f32 values the way
-//! the reference `quantize_row_*_ref` functions do for f32, f16, bf16, q8_0, q4_0 and q4_1.
+//! the reference `quantize_row_*_ref` functions do (what llama.cpp's `ggml_quantize_chunk`
+//! runs without an importance matrix, so `llama-quantize` writes the same bytes) for the
+//! same eleven types: same float operations in the same order, so the bytes are identical
+//! (checked against `ggml_quantize_chunk` of the llama.cpp build in the `xllamacpp` wheel).
 //! Other types are recognized but report an error naming the type.
 //!
 //! Block layouts (little-endian, `d`/`m` are f16):
@@ -376,6 +379,11 @@ fn quant_block(ty: GgmlType) -> Option<QuantBlock> {
         GgmlType::Q8_0 => quant_q8_0,
         GgmlType::Q4_0 => quant_q4_0,
         GgmlType::Q4_1 => quant_q4_1,
+        GgmlType::Q5_0 => quant_q5_0,
+        GgmlType::Q5_1 => quant_q5_1,
+        GgmlType::Q4_K => quant_q4_k,
+        GgmlType::Q5_K => quant_q5_k,
+        GgmlType::Q6_K => quant_q6_k,
         _ => return None,
     })
 }
@@ -383,18 +391,33 @@ fn quant_block(ty: GgmlType) -> Option<QuantBlock> {
 /// Packs `src` into blocks of type `ty` as ggml's reference `quantize_row_*_ref` do.
 /// `src.len()` must be a multiple of the block size.
 pub fn quantize(ty: GgmlType, src: &[f32]) -> Result<Vec<u8>> {
+    let bs = ty.block_size();
+    if src.len() % bs != 0 {
+        bail!("quantize {ty}: {} elements is not a multiple of the block size {bs}", src.len());
+    }
+    let mut out = vec![0u8; src.len() / bs * ty.type_size()];
+    quantize_into(ty, src, &mut out)?;
+    Ok(out)
+}
+
+/// [`quantize`] into `dst`, which must be exactly the size of `src.len()` elements of `ty`.
+/// Blocks are independent, so a tensor may be quantized a few rows at a time.
+pub fn quantize_into(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<()> {
     let block = quant_block(ty).ok_or_else(|| unsupported("quantize", ty, GgmlType::can_quantize))?;
     let (bs, ts) = (ty.block_size(), ty.type_size());
     if src.len() % bs != 0 {
         bail!("quantize {ty}: {} elements is not a multiple of the block size {bs}", src.len());
     }
-    let mut out = vec![0u8; src.len() / bs * ts];
-    out.par_chunks_mut(ts * BLOCKS_PER_TASK).zip(src.par_chunks(bs * BLOCKS_PER_TASK)).for_each(|(y, x)| {
+    let want = src.len() / bs * ts;
+    if dst.len() != want {
+        bail!("quantize {ty}: {} elements take {want} bytes, got a buffer of {}", src.len(), dst.len());
+    }
+    dst.par_chunks_mut(ts * BLOCKS_PER_TASK).zip(src.par_chunks(bs * BLOCKS_PER_TASK)).for_each(|(y, x)| {
         for (yb, xb) in y.chunks_exact_mut(ts).zip(x.chunks_exact(bs)) {
             block(xb, yb);
         }
     });
-    Ok(out)
+    Ok(())
 }
 
 /// `quantize_row_q8_0_ref`: d = absmax / 127, q = round(x / d).
@@ -450,6 +473,350 @@ fn quant_q4_1(x: &[f32], y: &mut [u8]) {
     }
 }
 
+/// `quantize_row_q5_0_ref`: d = (the value of largest magnitude) / -16,
+/// q = min(31, trunc(x / d + 16.5)); low nibbles as q4_0, fifth bits in `qh`.
+fn quant_q5_0(x: &[f32], y: &mut [u8]) {
+    let (mut amax, mut max) = (0f32, 0f32);
+    for &v in x {
+        if amax < v.abs() {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    let d = max / -16.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    y[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+    let mut qh = 0u32;
+    for j in 0..16 {
+        let xi0 = ((x[j] * id + 16.5) as i8).min(31) as u8;
+        let xi1 = ((x[j + 16] * id + 16.5) as i8).min(31) as u8;
+        y[6 + j] = (xi0 & 0x0F) | ((xi1 & 0x0F) << 4);
+        qh |= (((xi0 & 0x10) >> 4) as u32) << j;
+        qh |= (((xi1 & 0x10) >> 4) as u32) << (j + 16);
+    }
+    y[2..6].copy_from_slice(&qh.to_le_bytes());
+}
+
+/// `quantize_row_q5_1_ref`: d = (max - min) / 31, m = min, q = trunc((x - m) / d + 0.5).
+fn quant_q5_1(x: &[f32], y: &mut [u8]) {
+    let (mut min, mut max) = (f32::MAX, -f32::MAX);
+    for &v in x {
+        if v < min {
+            min = v;
+        }
+        if v > max {
+            max = v;
+        }
+    }
+    let d = (max - min) / 31.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    y[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+    y[2..4].copy_from_slice(&f16::from_f32(min).to_le_bytes());
+    let mut qh = 0u32;
+    for j in 0..16 {
+        let xi0 = ((x[j] - min) * id + 0.5) as u8;
+        let xi1 = ((x[j + 16] - min) * id + 0.5) as u8;
+        y[8 + j] = (xi0 & 0x0F) | ((xi1 & 0x0F) << 4);
+        qh |= (((xi0 & 0x10) >> 4) as u32) << j;
+        qh |= (((xi1 & 0x10) >> 4) as u32) << (j + 16);
+    }
+    y[4..8].copy_from_slice(&qh.to_le_bytes());
+}
+
+/// ggml's `GROUP_MAX_EPS`: a group whose largest magnitude is below this is all zeros.
+const GROUP_MAX_EPS: f32 = 1e-15;
+
+/// ggml's `nearest_int`: round to nearest, ties to even, by adding 1.5 * 2^23 and reading the
+/// mantissa (valid for |x| <= 4194303, as in ggml).
+#[inline]
+fn nearest_int(x: f32) -> i32 {
+    let val = x + 12_582_912.0;
+    (val.to_bits() as i32 & 0x007F_FFFF) - 0x0040_0000
+}
+
+/// ggml's `make_qkx2_quants` with `use_mad = false`: an affine fit x ~ scale * l - min with
+/// l in [0, nmax], weighted least squares over `nstep + 1` trial scales. Writes the levels to
+/// `l` and returns (scale, min) with min >= 0 (the value subtracted).
+fn make_qkx2_quants(
+    nmax: i32,
+    x: &[f32],
+    weights: &[f32],
+    l: &mut [u8],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+) -> (f32, f32) {
+    let n = x.len();
+    let (mut min, mut max) = (x[0], x[0]);
+    let mut sum_w = weights[0];
+    let mut sum_x = sum_w * x[0];
+    for i in 1..n {
+        if x[i] < min {
+            min = x[i];
+        }
+        if x[i] > max {
+            max = x[i];
+        }
+        let w = weights[i];
+        sum_w += w;
+        sum_x += w * x[i];
+    }
+    if min > 0.0 {
+        min = 0.0;
+    }
+    if max == min {
+        l[..n].fill(0);
+        return (0.0, -min);
+    }
+    let mut iscale = nmax as f32 / (max - min);
+    let mut scale = 1.0 / iscale;
+    let mut best_error = 0f32;
+    for i in 0..n {
+        let q = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
+        l[i] = q as u8;
+        let diff = scale * q as f32 + min - x[i];
+        best_error += weights[i] * (diff * diff);
+    }
+    if nstep < 1 {
+        return (scale, -min);
+    }
+    let mut laux = [0u8; 32];
+    for is in 0..=nstep {
+        iscale = (rmin + rdelta * is as f32 + nmax as f32) / (max - min);
+        let (mut sum_l, mut sum_l2, mut sum_xl) = (0f32, 0f32, 0f32);
+        for i in 0..n {
+            let q = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
+            laux[i] = q as u8;
+            let (w, lf) = (weights[i], q as f32);
+            sum_l += w * lf;
+            sum_l2 += w * lf * lf;
+            sum_xl += w * lf * x[i];
+        }
+        let d = sum_w * sum_l2 - sum_l * sum_l;
+        if d > 0.0 {
+            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / d;
+            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / d;
+            if this_min > 0.0 {
+                this_min = 0.0;
+                this_scale = sum_xl / sum_l2;
+            }
+            let mut cur_error = 0f32;
+            for i in 0..n {
+                let diff = this_scale * laux[i] as f32 + this_min - x[i];
+                cur_error += weights[i] * (diff * diff);
+            }
+            if cur_error < best_error {
+                l[..n].copy_from_slice(&laux[..n]);
+                best_error = cur_error;
+                scale = this_scale;
+                min = this_min;
+            }
+        }
+    }
+    (scale, -min)
+}
+
+/// ggml's `make_qx_quants` with `rmse_type = 1` and no importance weights (weights x^2): a
+/// symmetric fit x ~ scale * (l - nmax), l in [0, 2 nmax), over 19 trial scales. Writes the
+/// levels to `l` and returns the scale.
+fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [i8]) -> f32 {
+    let (mut max, mut amax) = (0f32, 0f32);
+    for &v in x {
+        let ax = v.abs();
+        if ax > amax {
+            amax = ax;
+            max = v;
+        }
+    }
+    if amax < GROUP_MAX_EPS {
+        l[..x.len()].fill(0);
+        return 0.0;
+    }
+    let mut iscale = -(nmax as f32) / max;
+    let (mut sumlx, mut suml2) = (0f32, 0f32);
+    for (i, &v) in x.iter().enumerate() {
+        let q = nearest_int(iscale * v).clamp(-nmax, nmax - 1);
+        l[i] = (q + nmax) as i8;
+        let (w, qf) = (v * v, q as f32);
+        sumlx += w * v * qf;
+        suml2 += w * qf * qf;
+    }
+    let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
+    let mut best = scale * sumlx;
+    for is in -9..=9 {
+        if is == 0 {
+            continue;
+        }
+        iscale = -(nmax as f32 + 0.1 * is as f32) / max;
+        sumlx = 0.0;
+        suml2 = 0.0;
+        for &v in x {
+            let q = nearest_int(iscale * v).clamp(-nmax, nmax - 1);
+            let (w, qf) = (v * v, q as f32);
+            sumlx += w * v * qf;
+            suml2 += w * qf * qf;
+        }
+        if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
+            for (i, &v) in x.iter().enumerate() {
+                l[i] = (nmax + nearest_int(iscale * v).clamp(-nmax, nmax - 1)) as i8;
+            }
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+        }
+    }
+    scale
+}
+
+/// The sub-block scales and mins of a q4_K/q5_K block: eight (scale, min) pairs quantized to
+/// 6 bits against the largest of each, packed into 12 bytes (the inverse of
+/// [`scale_min_k4`]). Writes `d`, `dmin` and the scales, and returns the packed 12 bytes.
+fn pack_scales_k4(scales: &[f32; 8], mins: &[f32; 8], y: &mut [u8]) -> [u8; 12] {
+    let max_scale = scales.iter().fold(0f32, |a, &s| if s > a { s } else { a });
+    let max_min = mins.iter().fold(0f32, |a, &m| if m > a { m } else { a });
+    let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
+    let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
+    let mut packed = [0u8; 12];
+    for j in 0..8 {
+        let ls = (nearest_int(inv_scale * scales[j]) as u8).min(63);
+        let lm = (nearest_int(inv_min * mins[j]) as u8).min(63);
+        if j < 4 {
+            packed[j] = ls;
+            packed[j + 4] = lm;
+        } else {
+            packed[j + 4] = (ls & 0xF) | ((lm & 0xF) << 4);
+            packed[j - 4] |= (ls >> 4) << 6;
+            packed[j] |= (lm >> 4) << 6;
+        }
+    }
+    y[0..2].copy_from_slice(&f16::from_f32(max_scale / 63.0).to_le_bytes());
+    y[2..4].copy_from_slice(&f16::from_f32(max_min / 63.0).to_le_bytes());
+    y[4..16].copy_from_slice(&packed);
+    packed
+}
+
+/// The shared part of `quantize_row_q4_K_ref` and `quantize_row_q5_K_ref`: per 32-element
+/// sub-block an affine fit (`make_qkx2_quants` with weights av_x + |x|), 6-bit scales and mins,
+/// then every value re-quantized against the rounded scales. Returns the levels (0..=nmax).
+fn quant_k4_levels(x: &[f32], y: &mut [u8], nmax: i32, rmin: f32, rdelta: f32, nstep: i32) -> [u8; 256] {
+    let mut l = [0u8; 256];
+    let mut scales = [0f32; 8];
+    let mut mins = [0f32; 8];
+    let mut weights = [0f32; 32];
+    for j in 0..8 {
+        let xs = &x[32 * j..32 * (j + 1)];
+        let mut sum_x2 = 0f32;
+        for &v in xs {
+            sum_x2 += v * v;
+        }
+        let av_x = (sum_x2 / 32.0).sqrt();
+        for (w, &v) in weights.iter_mut().zip(xs) {
+            *w = av_x + v.abs();
+        }
+        let (scale, min) = make_qkx2_quants(nmax, xs, &weights, &mut l[32 * j..32 * (j + 1)], rmin, rdelta, nstep);
+        scales[j] = scale;
+        mins[j] = min;
+    }
+    let packed = pack_scales_k4(&scales, &mins, y);
+    let (d_all, dmin_all) = (f16_at(y, 0), f16_at(y, 2));
+    for j in 0..8 {
+        let (sc, m) = scale_min_k4(j, &packed);
+        let d = d_all * sc as f32;
+        if d == 0.0 {
+            continue;
+        }
+        let dm = dmin_all * m as f32;
+        for ii in 0..32 {
+            l[32 * j + ii] = nearest_int((x[32 * j + ii] + dm) / d).clamp(0, nmax) as u8;
+        }
+    }
+    l
+}
+
+/// `quantize_row_q4_K_ref`: 8 sub-blocks of 32 with 6-bit scales and mins, 4-bit levels.
+fn quant_q4_k(x: &[f32], y: &mut [u8]) {
+    let l = quant_k4_levels(x, y, 15, -1.0, 0.1, 20);
+    let q = &mut y[16..144];
+    for (g, chunk) in q.chunks_exact_mut(32).enumerate() {
+        for (i, b) in chunk.iter_mut().enumerate() {
+            *b = l[64 * g + i] | (l[64 * g + i + 32] << 4);
+        }
+    }
+}
+
+/// `quantize_row_q5_K_ref`: as q4_K with 5-bit levels, the fifth bits in `qh`.
+fn quant_q5_k(x: &[f32], y: &mut [u8]) {
+    let l = quant_k4_levels(x, y, 31, -0.5, 0.1, 15);
+    let (qh, ql) = y[16..176].split_at_mut(32);
+    qh.fill(0);
+    for g in 0..4 {
+        let (m1, m2) = (1u8 << (2 * g), 2u8 << (2 * g));
+        for j in 0..32 {
+            let mut l1 = l[64 * g + j];
+            if l1 > 15 {
+                l1 -= 16;
+                qh[j] |= m1;
+            }
+            let mut l2 = l[64 * g + j + 32];
+            if l2 > 15 {
+                l2 -= 16;
+                qh[j] |= m2;
+            }
+            ql[32 * g + j] = l1 | (l2 << 4);
+        }
+    }
+}
+
+/// `quantize_row_q6_K_ref`: 16 sub-blocks of 16 with symmetric fits (`make_qx_quants`, 6-bit
+/// levels), 8-bit signed scales against the largest, then every value re-quantized.
+fn quant_q6_k(x: &[f32], y: &mut [u8]) {
+    let mut l = [0i8; 256];
+    let mut scales = [0f32; 16];
+    let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
+    for ib in 0..16 {
+        let scale = make_qx_quants(32, &x[16 * ib..16 * (ib + 1)], &mut l[16 * ib..16 * (ib + 1)]);
+        scales[ib] = scale;
+        if scale.abs() > max_abs_scale {
+            max_abs_scale = scale.abs();
+            max_scale = scale;
+        }
+    }
+    if max_abs_scale < GROUP_MAX_EPS {
+        y.fill(0);
+        return;
+    }
+    let iscale = -128.0 / max_scale;
+    y[208..210].copy_from_slice(&f16::from_f32(1.0 / iscale).to_le_bytes());
+    let d_all = f16_at(y, 208);
+    let mut sc = [0i8; 16];
+    for ib in 0..16 {
+        sc[ib] = nearest_int(iscale * scales[ib]).min(127) as i8;
+        y[192 + ib] = sc[ib] as u8;
+    }
+    for j in 0..16 {
+        let d = d_all * sc[j] as f32;
+        if d == 0.0 {
+            continue;
+        }
+        for ii in 0..16 {
+            l[16 * j + ii] = (nearest_int(x[16 * j + ii] / d).clamp(-32, 31) + 32) as i8;
+        }
+    }
+    let l = l.map(|v| v as u8);
+    for h in 0..2 {
+        let j = 128 * h;
+        for i in 0..32 {
+            let (q1, q2) = (l[j + i] & 0xF, l[j + i + 32] & 0xF);
+            let (q3, q4) = (l[j + i + 64] & 0xF, l[j + i + 96] & 0xF);
+            y[64 * h + i] = q1 | (q3 << 4);
+            y[64 * h + i + 32] = q2 | (q4 << 4);
+            y[128 + 32 * h + i] = (l[j + i] >> 4)
+                | ((l[j + i + 32] >> 4) << 2)
+                | ((l[j + i + 64] >> 4) << 4)
+                | ((l[j + i + 96] >> 4) << 6);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -469,7 +836,8 @@ mod tests {
         assert_eq!(GgmlType::Q8_0.bytes_for(33), None);
         let deq: Vec<&str> = GgmlType::all().filter(|t| t.can_dequantize()).map(GgmlType::name).collect();
         assert_eq!(deq, ["f32", "f16", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_K", "q5_K", "q6_K", "bf16"]);
-        assert!(GgmlType::Q4_1.can_quantize() && !GgmlType::Q4_K.can_quantize());
+        let quant: Vec<&str> = GgmlType::all().filter(|t| t.can_quantize()).map(GgmlType::name).collect();
+        assert_eq!(quant, deq);
     }
 
     #[test]
@@ -483,7 +851,11 @@ mod tests {
         assert!(err.contains("q8_0") && err.contains("34 bytes"), "{err}");
         let err = dequantize(GgmlType::Q4_0, &[0; 18], &mut [0.0; 31]).unwrap_err().to_string();
         assert!(err.contains("multiple of the block size 32"), "{err}");
-        let err = quantize(GgmlType::Q6_K, &[0.0; 256]).unwrap_err().to_string();
-        assert!(err.contains("q6_K"), "{err}");
+        let err = quantize(GgmlType::Q2_K, &[0.0; 256]).unwrap_err().to_string();
+        assert!(err.contains("q2_K"), "{err}");
+        let err = quantize(GgmlType::Q6_K, &[0.0; 255]).unwrap_err().to_string();
+        assert!(err.contains("q6_K") && err.contains("block size 256"), "{err}");
+        let err = quantize_into(GgmlType::Q8_0, &[0.0; 32], &mut [0; 33]).unwrap_err().to_string();
+        assert!(err.contains("34 bytes"), "{err}");
     }
 }
