@@ -160,3 +160,51 @@ impl CudaStorage {
         }
     }
 }
+
+/// Binds each listed buffer to its typed device slice, all f32 or all bf16, and evaluates
+/// `$body` (generic code over the kernels' `KernelFloat`); any other dtype is an error
+/// naming `$op`.
+macro_rules! cuda_float {
+    ($op:expr; $($name:ident = $buf:expr),+ => $body:expr) => {
+        match ($($buf,)+) {
+            ($($crate::cuda::CudaBuf::F32($name),)+) => $body,
+            ($($crate::cuda::CudaBuf::BF16($name),)+) => $body,
+            _ => {
+                return Err($crate::Error::Msg(format!(
+                    "{}: the CUDA kernels take f32 or bf16 tensors, all of one dtype",
+                    $op
+                )))
+            }
+        }
+    };
+}
+pub(crate) use cuda_float;
+
+impl crate::Tensor {
+    /// This tensor's device storage (it must be dense: see `ops::dense`).
+    pub(crate) fn cuda_storage(&self) -> Result<std::sync::RwLockReadGuard<'_, crate::tensor::Storage>> {
+        let g = self.storage();
+        match &*g {
+            crate::tensor::Storage::Cuda(_) => Ok(g),
+            crate::tensor::Storage::Cpu(_) => Err(Error::Msg("expected a CUDA tensor".into())),
+        }
+    }
+}
+
+/// The device storage inside a guard from [`crate::Tensor::cuda_storage`].
+pub(crate) fn cs(g: &crate::tensor::Storage) -> &CudaStorage {
+    match g {
+        crate::tensor::Storage::Cuda(s) => s,
+        crate::tensor::Storage::Cpu(_) => unreachable!("checked by cuda_storage"),
+    }
+}
+
+/// Copies host values to `dev` (small index arrays: positions, token ids, labels).
+pub(crate) fn upload<T: DeviceRepr>(dev: &CudaDevice, v: &[T]) -> Result<CudaSlice<T>> {
+    drv(dev.gpu.stream().clone_htod(v), "host -> device copy")
+}
+
+/// A tensor on `dev` wrapping new device storage.
+pub(crate) fn tensor(buf: CudaBuf, dev: &Arc<CudaDevice>, shape: &[usize]) -> crate::Tensor {
+    crate::Tensor::from_storage(crate::tensor::Storage::Cuda(CudaStorage { buf, dev: dev.clone() }), shape)
+}

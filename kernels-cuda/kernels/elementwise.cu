@@ -3,6 +3,7 @@
 //   cast_f32_to_bf16: y = bf16(x), rounded to nearest even
 //   cast_bf16_to_f32: y = f32(x), exact
 //   add_fwd_<dtype>:  out = a + b (bf16 sums in f32, then rounds once)
+//   scale_fwd_<dtype>: out = x * s (bf16: product in f32, rounded once)
 //
 // Grid-stride loops over packs of 4 or 8 elements when every pointer is aligned for the pack,
 // then a scalar tail; any n (including odd n and n < one pack). Any grid and block size work.
@@ -74,4 +75,16 @@ extern "C" __global__ void add_fwd_f32(const float *a, const float *b, float *ou
 extern "C" __global__ void add_fwd_bf16(const __nv_bfloat16 *a, const __nv_bfloat16 *b,
                                         __nv_bfloat16 *out, u64 n) {
     add<__nv_bfloat16>(a, b, out, n);
+}
+
+// out[i] = x[i] * s (bf16: product in f32, rounded once).
+template <typename T>
+__device__ void scale(const T *__restrict__ x, T *__restrict__ out, float s, u64 n) {
+    for (u64 i = thread_index(); i < n; i += thread_count()) out[i] = ft::from_f32<T>(ft::to_f32(x[i]) * s);
+}
+
+extern "C" __global__ void scale_fwd_f32(const float *x, float *out, float s, u64 n) { scale<float>(x, out, s, n); }
+
+extern "C" __global__ void scale_fwd_bf16(const __nv_bfloat16 *x, __nv_bfloat16 *out, float s, u64 n) {
+    scale<__nv_bfloat16>(x, out, s, n);
 }

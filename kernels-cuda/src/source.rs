@@ -48,7 +48,7 @@ pub const RMS_NORM: KernelModule = KernelModule {
     ],
 };
 
-/// `kernels/elementwise.cu`: f32 <-> bf16 casts and `add`.
+/// `kernels/elementwise.cu`: f32 <-> bf16 casts, `add` and `scale`.
 pub const ELEMENTWISE: KernelModule = KernelModule {
     name: "elementwise",
     file: "elementwise.cu",
@@ -59,6 +59,8 @@ pub const ELEMENTWISE: KernelModule = KernelModule {
         "cast_bf16_to_f32",
         "add_fwd_f32",
         "add_fwd_bf16",
+        "scale_fwd_f32",
+        "scale_fwd_bf16",
     ],
 };
 

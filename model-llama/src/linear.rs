@@ -1,6 +1,6 @@
 //! Linear layers without bias, and the LoRA injection point on each of them.
 
-use engine::ops::{add, matmul_nt, nf4_matmul_nt, scale};
+use engine::ops::{add, cast, matmul_nt, nf4_matmul_nt, scale};
 use engine::quant::nf4::Nf4Weight;
 use std::sync::Arc;
 use engine::{Result, Tensor};
@@ -48,6 +48,18 @@ impl Linear {
     pub fn new(weight: Tensor) -> Linear {
         Linear { base: BaseWeight::Dense(weight), lora: None }
     }
+    /// Moves a dense base weight to `device` as `dtype` (adapters are left as they are).
+    pub fn base_to(&mut self, device: engine::Device, dtype: engine::DType) -> Result<()> {
+        match &self.base {
+            BaseWeight::Dense(w) => self.base = BaseWeight::Dense(cast(&w.to_device(device)?, dtype)?),
+            BaseWeight::Nf4(_) if !device.is_cpu() => {
+                return Err(engine::Error::Msg("NF4 weights on CUDA are not wired into the engine yet".into()))
+            }
+            BaseWeight::Nf4(_) => {}
+        }
+        Ok(())
+    }
+
     /// Replaces a dense base weight by its NF4 quantization (bitsandbytes `load_in_4bit`).
     pub fn quantize_nf4(&mut self, double_quant: bool) -> Result<()> {
         if let BaseWeight::Dense(w) = &self.base {
@@ -62,8 +74,10 @@ impl Linear {
         match &self.lora {
             None => Ok(y),
             Some(l) => {
-                let down = matmul_nt(x, &l.a)?;
-                let up = matmul_nt(&down, &l.b)?;
+                // Adapters keep f32 master weights; the product runs in the activations' dtype
+                // and the gradient flows back through the cast.
+                let down = matmul_nt(x, &cast(&l.a, x.dtype())?)?;
+                let up = matmul_nt(&down, &cast(&l.b, x.dtype())?)?;
                 add(&y, &scale(&up, l.scale)?)
             }
         }

@@ -149,6 +149,26 @@ impl Llama {
         Ok(Llama { embed_tokens, layers, norm: get("model.norm.weight", &[hd])?, lm_head, dtype, config })
     }
 
+    /// Moves every frozen weight to `device`, cast to `dtype` (call before attaching adapters).
+    pub fn to_device(&mut self, device: engine::Device, dtype: DType) -> engine::Result<()> {
+        let mv = |t: &Tensor| ops::cast(&t.to_device(device)?, dtype);
+        self.embed_tokens = mv(&self.embed_tokens)?;
+        self.norm = mv(&self.norm)?;
+        if let Some(head) = &mut self.lm_head {
+            head.base_to(device, dtype)?;
+        }
+        for layer in &mut self.layers {
+            let layer = Arc::get_mut(layer).ok_or_else(|| engine::Error::Msg("the model is shared".into()))?;
+            layer.input_norm = mv(&layer.input_norm)?;
+            layer.post_attention_norm = mv(&layer.post_attention_norm)?;
+            for p in PROJECTIONS {
+                layer.projection_mut(p).expect("known projection").base_to(device, dtype)?;
+            }
+        }
+        self.dtype = dtype;
+        Ok(())
+    }
+
     /// Mutable access to layer `i` for attaching adapters (before any forward shares it).
     pub fn layer_mut(&mut self, i: usize) -> Option<&mut Layer> {
         self.layers.get_mut(i).and_then(Arc::get_mut)

@@ -6,7 +6,10 @@
 use super::{output, run_cpu, CpuKernel};
 use crate::autograd::{Backward, GradStore};
 use crate::storage::StorageElem;
-use crate::{Error, Real, Result, Tensor};
+use super::dense;
+use crate::cuda::{self, CudaBuf, CudaStorage};
+use crate::{DType, Error, Real, Result, Tensor};
+use kernels_cuda::ops::attention::{self as kernels, AttentionDims};
 use rayon::prelude::*;
 use std::sync::Arc;
 
@@ -123,9 +126,13 @@ impl CpuKernel for Bwd {
 /// `hq` a multiple of `hkv` (grouped-query attention). Scale `1/sqrt(d)`.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     let dims = check(q, k, v)?;
-    let mut o = run_cpu("attention", &Fwd(dims), &[q, k, v])?;
-    let lse = output(o.remove(1), &[dims.b, dims.hq, dims.t], q.dtype().compute());
-    let out = output(o.remove(0), q.shape(), q.dtype());
+    let (out, lse) = if q.device().is_cpu() {
+        let mut o = run_cpu("attention", &Fwd(dims), &[q, k, v])?;
+        let lse = output(o.remove(1), &[dims.b, dims.hq, dims.t], q.dtype().compute());
+        (output(o.remove(0), q.shape(), q.dtype()), lse)
+    } else {
+        cuda_fwd(q, k, v, &dims)?
+    };
     let saved = out.detach();
     Ok(out.track(&[q, k, v], || {
         Arc::new(AttentionBackward { q: q.clone(), k: k.clone(), v: v.clone(), out: saved, lse, dims })
@@ -163,6 +170,10 @@ impl Backward for AttentionBackward {
         vec![self.q.clone(), self.k.clone(), self.v.clone()]
     }
     fn backward(&self, g: &Tensor, _: &mut GradStore) -> Result<Vec<Option<Tensor>>> {
+        if !g.device().is_cpu() {
+            let (dq, dk, dv) = cuda_bwd(self, g)?;
+            return Ok(vec![Some(dq), Some(dk), Some(dv)]);
+        }
         let lse = super::cast(&self.lse, self.q.dtype().compute())?;
         let mut o = run_cpu("attention_bwd", &Bwd(self.dims), &[&self.q, &self.k, &self.v, &self.out, &lse, g])?;
         let dv = output(o.remove(2), self.v.shape(), self.v.dtype());
@@ -170,4 +181,49 @@ impl Backward for AttentionBackward {
         let dq = output(o.remove(0), self.q.shape(), self.q.dtype());
         Ok(vec![Some(dq), Some(dk), Some(dv)])
     }
+}
+
+fn kernel_dims(d: &Dims) -> AttentionDims {
+    AttentionDims { batch: d.b, q_heads: d.hq, kv_heads: d.hkv, q_len: d.t, kv_len: d.s, head_dim: d.d }
+}
+
+/// Flash-attention forward on the GPU: `(out, lse)`, lse in f32.
+fn cuda_fwd(q: &Tensor, k: &Tensor, v: &Tensor, dims: &Dims) -> Result<(Tensor, Tensor)> {
+    let (q, k, v) = (dense(q)?, dense(k)?, dense(v)?);
+    let (gq, gk, gv) = (q.cuda_storage()?, k.cuda_storage()?, v.cuda_storage()?);
+    let (sq, sk, sv) = (cuda::cs(&gq), cuda::cs(&gk), cuda::cs(&gv));
+    let kd = kernel_dims(dims);
+    let mut o = CudaStorage::zeros(sq.dtype(), q.elem_count(), &sq.dev)?;
+    let mut lse = CudaStorage::zeros(DType::F32, kd.lse_elems(), &sq.dev)?;
+    let CudaBuf::F32(l) = &mut lse.buf else { unreachable!("allocated as f32") };
+    let g = &sq.dev.gpu;
+    let r = cuda::cuda_float!("attention"; a = &sq.buf, b = &sk.buf, c = &sv.buf, out = &mut o.buf
+        => kernels::attention_fwd(g, &kd, a, b, c, None, out, l));
+    r.map_err(|e| cuda::err("attention", e))?;
+    Ok((cuda::tensor(o.buf, &sq.dev, q.shape()), cuda::tensor(lse.buf, &sq.dev, &[dims.b, dims.hq, dims.t])))
+}
+
+fn cuda_bwd(saved: &AttentionBackward, g: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    let (q, k, v) = (dense(&saved.q)?, dense(&saved.k)?, dense(&saved.v)?);
+    let (o, d_o) = (dense(&saved.out)?, dense(g)?);
+    let guards = [q.cuda_storage()?, k.cuda_storage()?, v.cuda_storage()?, o.cuda_storage()?, d_o.cuda_storage()?];
+    let [sq, sk, sv, so, sd] = guards.each_ref().map(|g| cuda::cs(g));
+    let glse = saved.lse.cuda_storage()?;
+    let CudaBuf::F32(lse) = &cuda::cs(&glse).buf else { unreachable!("lse is f32") };
+    let kd = kernel_dims(&saved.dims);
+    let dev = &sq.dev;
+    let work_len = match q.dtype() {
+        DType::BF16 => kernels::attention_bwd_workspace_len::<half::bf16>(&kd),
+        _ => kernels::attention_bwd_workspace_len::<f32>(&kd),
+    };
+    let mut work = CudaStorage::zeros(DType::F32, work_len, dev)?;
+    let CudaBuf::F32(w) = &mut work.buf else { unreachable!("allocated as f32") };
+    let mut dq = CudaStorage::zeros(q.dtype(), q.elem_count(), dev)?;
+    let mut dk = CudaStorage::zeros(q.dtype(), k.elem_count(), dev)?;
+    let mut dv = CudaStorage::zeros(q.dtype(), v.elem_count(), dev)?;
+    let r = cuda::cuda_float!("attention backward";
+        a = &sq.buf, b = &sk.buf, c = &sv.buf, oo = &so.buf, gg = &sd.buf, x = &mut dq.buf, y = &mut dk.buf, z = &mut dv.buf
+        => kernels::attention_bwd(&dev.gpu, &kd, a, b, c, oo, lse, gg, None, x, y, z, w));
+    r.map_err(|e| cuda::err("attention backward", e))?;
+    Ok((cuda::tensor(dq.buf, dev, q.shape()), cuda::tensor(dk.buf, dev, k.shape()), cuda::tensor(dv.buf, dev, v.shape())))
 }

@@ -4,7 +4,11 @@
 use super::{output, run_cpu, CpuKernel};
 use crate::autograd::{Backward, GradStore};
 use crate::storage::StorageElem;
+use super::dense;
+use crate::cuda::{self, CudaBuf, CudaStorage};
+use crate::tensor::Storage;
 use crate::{DType, Error, Real, Result, Tensor};
+use kernels_cuda::ops::cross_entropy as kernels;
 use rayon::prelude::*;
 use std::sync::Arc;
 
@@ -73,16 +77,23 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     if count == 0 {
         return Err(Error::Msg("cross_entropy: every label is the ignore index -100".into()));
     }
-    let mut o = run_cpu("cross_entropy", &Fwd { labels: &lab, count }, &[logits])?;
-    let out_dtype = if logits.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
-    let loss = output(o.remove(0), &[], out_dtype);
-    Ok(loss.track(&[logits], || Arc::new(CrossEntropyBackward { logits: logits.clone(), labels: lab, count })))
+    let (loss, lse) = if logits.device().is_cpu() {
+        let mut o = run_cpu("cross_entropy", &Fwd { labels: &lab, count }, &[logits])?;
+        let out_dtype = if logits.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
+        (output(o.remove(0), &[], out_dtype), None)
+    } else {
+        let (loss, lse) = cuda_fwd(logits, &lab, count)?;
+        (loss, Some(lse))
+    };
+    Ok(loss.track(&[logits], || Arc::new(CrossEntropyBackward { logits: logits.clone(), labels: lab, count, lse })))
 }
 
 struct CrossEntropyBackward {
     logits: Tensor,
     labels: Vec<i32>,
     count: usize,
+    /// Row log-sum-exp from the GPU forward (the CPU backward recomputes it).
+    lse: Option<Tensor>,
 }
 impl Backward for CrossEntropyBackward {
     fn name(&self) -> &'static str {
@@ -92,9 +103,51 @@ impl Backward for CrossEntropyBackward {
         vec![self.logits.clone()]
     }
     fn backward(&self, g: &Tensor, _: &mut GradStore) -> Result<Vec<Option<Tensor>>> {
+        if let Some(lse) = &self.lse {
+            let scale = g.to_scalar::<f32>()? / self.count as f32;
+            return Ok(vec![Some(cuda_bwd(&self.logits, &self.labels, lse, scale)?)]);
+        }
         let g = super::cast(g, self.logits.dtype().compute())?;
         let k = Bwd { labels: &self.labels, count: self.count };
         let mut o = run_cpu("cross_entropy_bwd", &k, &[&self.logits, &g])?;
         Ok(vec![Some(output(o.remove(0), self.logits.shape(), self.logits.dtype()))])
     }
+}
+
+/// GPU forward: the mean loss as a device scalar, and the row log-sum-exp. The per-row losses
+/// are summed on the host (one small download per step).
+fn cuda_fwd(logits: &Tensor, labels: &[i32], count: usize) -> Result<(Tensor, Tensor)> {
+    let logits = dense(logits)?;
+    let gl = logits.cuda_storage()?;
+    let sl = cuda::cs(&gl);
+    let (rows, vocab) = (logits.dim(0), logits.dim(1));
+    let dev = &sl.dev;
+    let dev_labels = cuda::upload(dev, labels)?;
+    let mut loss = CudaStorage::zeros(DType::F32, rows, dev)?;
+    let mut lse = CudaStorage::zeros(DType::F32, rows, dev)?;
+    let (CudaBuf::F32(lo), CudaBuf::F32(ls)) = (&mut loss.buf, &mut lse.buf) else { unreachable!("allocated as f32") };
+    let r = cuda::cuda_float!("cross_entropy"; x = &sl.buf => kernels::cross_entropy_fwd(&dev.gpu, x, &dev_labels, lo, ls, rows, vocab));
+    r.map_err(|e| cuda::err("cross_entropy", e))?;
+    let per_row = loss.download()?;
+    let total: f64 = per_row.gather::<f64>(&crate::Layout::contiguous(&[rows])).iter().sum();
+    let mean = Tensor::from_vec(vec![(total / count as f64) as f32], &[])?.to_device(logits.device())?;
+    Ok((mean, cuda::tensor(lse.buf, dev, &[rows])))
+}
+
+/// GPU backward: `(softmax - onehot) * scale` written over a copy of the logits.
+fn cuda_bwd(logits: &Tensor, labels: &[i32], lse: &Tensor, scale: f32) -> Result<Tensor> {
+    let d = super::dense_copy(logits)?;
+    {
+        let (rows, vocab) = (logits.dim(0), logits.dim(1));
+        let gl = lse.cuda_storage()?;
+        let CudaBuf::F32(l) = &cuda::cs(&gl).buf else { unreachable!("lse is f32") };
+        let mut gd = d.storage_mut();
+        let Storage::Cuda(sd) = &mut *gd else { unreachable!("copy of a CUDA tensor") };
+        let dev = sd.dev.clone();
+        let dev_labels = cuda::upload(&dev, labels)?;
+        let r = cuda::cuda_float!("cross_entropy backward"; x = &mut sd.buf
+            => kernels::cross_entropy_bwd(&dev.gpu, x, &dev_labels, l, scale, rows, vocab));
+        r.map_err(|e| cuda::err("cross_entropy backward", e))?;
+    }
+    Ok(d)
 }

@@ -111,8 +111,18 @@ impl CpuKernel for Scale {
 
 /// `x * s` for a constant `s`.
 pub fn scale(x: &Tensor, s: f64) -> Result<Tensor> {
-    let mut outs = run_cpu("scale", &Scale(s), &[x])?;
-    let out = output(outs.remove(0), x.shape(), x.dtype());
+    let out = if x.device().is_cpu() {
+        let mut outs = run_cpu("scale", &Scale(s), &[x])?;
+        output(outs.remove(0), x.shape(), x.dtype())
+    } else {
+        let x = dense(x)?;
+        let gx = x.cuda_storage()?;
+        let sx = cuda::cs(&gx);
+        let mut out = CudaStorage::zeros(sx.dtype(), x.elem_count(), &sx.dev)?;
+        let r = cuda::cuda_float!("scale"; a = &sx.buf, o = &mut out.buf => kernels::scale(&sx.dev.gpu, a, s as f32, o));
+        r.map_err(|e| cuda::err("scale", e))?;
+        cuda::tensor(out.buf, &sx.dev, x.shape())
+    };
     Ok(out.track(&[x], || Arc::new(ScaleBackward { x: x.clone(), s })))
 }
 

@@ -3,7 +3,10 @@
 use super::{output, run_cpu, CpuKernel};
 use crate::autograd::{Backward, GradStore};
 use crate::storage::StorageElem;
-use crate::{Error, Real, Result, Tensor};
+use super::dense;
+use crate::cuda::{self, CudaBuf, CudaStorage};
+use crate::{DType, Error, Real, Result, Tensor};
+use kernels_cuda::ops::embedding as kernels;
 use rayon::prelude::*;
 use std::sync::Arc;
 
@@ -53,10 +56,14 @@ pub fn embedding(ids: &Tensor, table: &Tensor) -> Result<Tensor> {
     if let Some(bad) = idv.iter().find(|&&i| i as usize >= vocab) {
         return Err(Error::shape("embedding", format!("token id {bad} outside the vocabulary (0..{vocab})")));
     }
-    let mut o = run_cpu("embedding", &Gather { ids: &idv, h }, &[table])?;
     let mut shape = ids.shape().to_vec();
     shape.push(h);
-    let out = output(o.remove(0), &shape, table.dtype());
+    let out = if table.device().is_cpu() {
+        let mut o = run_cpu("embedding", &Gather { ids: &idv, h }, &[table])?;
+        output(o.remove(0), &shape, table.dtype())
+    } else {
+        cuda_fwd(&idv, table, &shape)?
+    };
     Ok(out.track(&[table], || Arc::new(EmbeddingBackward { table: table.clone(), ids: idv })))
 }
 
@@ -73,7 +80,37 @@ impl Backward for EmbeddingBackward {
     }
     fn backward(&self, g: &Tensor, _: &mut GradStore) -> Result<Vec<Option<Tensor>>> {
         let (rows, h) = (self.table.dim(0), self.table.dim(1));
+        if !g.device().is_cpu() {
+            return Ok(vec![Some(cuda_bwd(&self.ids, &self.table, g)?)]);
+        }
         let mut o = run_cpu("embedding_bwd", &Scatter { ids: &self.ids, rows, h }, &[g])?;
         Ok(vec![Some(output(o.remove(0), self.table.shape(), self.table.dtype()))])
     }
+}
+
+fn cuda_fwd(ids: &[u32], table: &Tensor, shape: &[usize]) -> Result<Tensor> {
+    let table = dense(table)?;
+    let gt = table.cuda_storage()?;
+    let st = cuda::cs(&gt);
+    let (vocab, h) = (table.dim(0), table.dim(1));
+    let dev_ids = cuda::upload(&st.dev, ids)?;
+    let mut out = CudaStorage::zeros(st.dtype(), ids.len() * h, &st.dev)?;
+    let r = cuda::cuda_float!("embedding"; t = &st.buf, o = &mut out.buf
+        => kernels::embedding_fwd(&st.dev.gpu, &dev_ids, t, o, vocab, h));
+    r.map_err(|e| cuda::err("embedding", e))?;
+    Ok(cuda::tensor(out.buf, &st.dev, shape))
+}
+
+/// Scatter-adds `g` into an f32 gradient table, then casts it to the table's dtype.
+fn cuda_bwd(ids: &[u32], table: &Tensor, g: &Tensor) -> Result<Tensor> {
+    let g = dense(g)?;
+    let gg = g.cuda_storage()?;
+    let sg = cuda::cs(&gg);
+    let (vocab, h) = (table.dim(0), table.dim(1));
+    let dev_ids = cuda::upload(&sg.dev, ids)?;
+    let mut dtable = CudaStorage::zeros(DType::F32, vocab * h, &sg.dev)?;
+    let CudaBuf::F32(d) = &mut dtable.buf else { unreachable!("allocated as f32") };
+    let r = cuda::cuda_float!("embedding backward"; x = &sg.buf => kernels::embedding_bwd(&sg.dev.gpu, &dev_ids, x, d, vocab, h));
+    r.map_err(|e| cuda::err("embedding backward", e))?;
+    super::cast(&cuda::tensor(dtable.buf, &sg.dev, table.shape()), table.dtype())
 }

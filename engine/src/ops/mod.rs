@@ -28,7 +28,7 @@ pub use rope::{rope, RopeTable};
 pub use softmax::log_softmax;
 pub use swiglu::swiglu;
 pub use view::{contiguous, narrow, reshape, transpose};
-pub(crate) use view::dense;
+pub(crate) use view::{dense, dense_copy};
 
 use crate::storage::{CpuStorage, StorageElem};
 use crate::tensor::Storage;

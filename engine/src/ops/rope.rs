@@ -4,7 +4,14 @@
 use super::{output, run_cpu, CpuKernel};
 use crate::autograd::{Backward, GradStore};
 use crate::storage::StorageElem;
+use super::dense_copy as copy;
+use crate::cuda::{self, CudaDevice};
+use crate::tensor::Storage;
 use crate::{Error, Real, Result, Tensor};
+use kernels_cuda::cudarc::driver::CudaSlice;
+use kernels_cuda::ops::rope::{self as kernels, RopeShape};
+use std::collections::HashMap;
+use std::sync::Mutex;
 use rayon::prelude::*;
 use std::sync::Arc;
 
@@ -16,6 +23,19 @@ pub struct RopeTable {
     // Shared: every recorded rope op keeps a handle for its backward.
     cos: Arc<[f64]>,
     sin: Arc<[f64]>,
+    /// f32 copies of the tables per CUDA device, uploaded on first use there.
+    on_device: Arc<Mutex<HashMap<usize, Arc<DeviceTable>>>>,
+}
+
+struct DeviceTable {
+    cos: CudaSlice<f32>,
+    sin: CudaSlice<f32>,
+}
+
+impl std::fmt::Debug for DeviceTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DeviceTable({} entries)", self.cos.len())
+    }
 }
 
 impl RopeTable {
@@ -32,13 +52,24 @@ impl RopeTable {
                 sin.push(angle.sin());
             }
         }
-        RopeTable { half, cos: cos.into(), sin: sin.into() }
+        RopeTable { half, cos: cos.into(), sin: sin.into(), on_device: Default::default() }
     }
     pub fn head_dim(&self) -> usize {
         2 * self.half
     }
     pub fn max_positions(&self) -> usize {
         self.cos.len() / self.half.max(1)
+    }
+
+    fn device_table(&self, dev: &CudaDevice) -> Result<Arc<DeviceTable>> {
+        let mut map = self.on_device.lock().expect("rope table lock poisoned");
+        if let Some(t) = map.get(&dev.ordinal) {
+            return Ok(t.clone());
+        }
+        let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+        let t = Arc::new(DeviceTable { cos: cuda::upload(dev, &f32s(&self.cos))?, sin: cuda::upload(dev, &f32s(&self.sin))? });
+        map.insert(dev.ordinal, t.clone());
+        Ok(t)
     }
 }
 
@@ -69,6 +100,9 @@ impl CpuKernel for Rotate<'_> {
 }
 
 fn rotate(x: &Tensor, table: &RopeTable, positions: &[usize], sign: f64) -> Result<Tensor> {
+    if !x.device().is_cpu() {
+        return rotate_cuda(x, table, positions, sign);
+    }
     let mut o = run_cpu("rope", &Rotate { table, positions, sign }, &[x])?;
     Ok(output(o.remove(0), x.shape(), x.dtype()))
 }
@@ -105,4 +139,25 @@ impl Backward for RopeBackward {
     fn backward(&self, g: &Tensor, _: &mut GradStore) -> Result<Vec<Option<Tensor>>> {
         Ok(vec![Some(rotate(g, &self.table, &self.positions, -1.0)?)])
     }
+}
+
+/// The GPU rotation: a copy of `x` rotated in place by the kernel.
+fn rotate_cuda(x: &Tensor, table: &RopeTable, positions: &[usize], sign: f64) -> Result<Tensor> {
+    let y = copy(x)?;
+    {
+        let mut gy = y.storage_mut();
+        let Storage::Cuda(sy) = &mut *gy else { unreachable!("copy of a CUDA tensor") };
+        let dev = sy.dev.clone();
+        let t = table.device_table(&dev)?;
+        let pos: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
+        let pos = cuda::upload(&dev, &pos)?;
+        let shape = RopeShape::bhtd(x.dim(0), x.dim(1), x.dim(2), x.dim(3));
+        let r = cuda::cuda_float!("rope"; b = &mut sy.buf => if sign > 0.0 {
+            kernels::rope_fwd(&dev.gpu, b, &t.cos, &t.sin, &pos, shape)
+        } else {
+            kernels::rope_bwd(&dev.gpu, b, &t.cos, &t.sin, &pos, shape)
+        });
+        r.map_err(|e| cuda::err("rope", e))?;
+    }
+    Ok(y)
 }

@@ -3,7 +3,10 @@
 use super::{output, run_cpu, same_dtype, same_shape, CpuKernel};
 use crate::autograd::{Backward, GradStore};
 use crate::storage::StorageElem;
+use super::dense;
+use crate::cuda::{self, cs, cuda_float, CudaStorage};
 use crate::{Real, Result, Tensor};
+use kernels_cuda::ops::swiglu as kernels;
 use rayon::prelude::*;
 use std::sync::Arc;
 
@@ -38,8 +41,13 @@ impl CpuKernel for Bwd {
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     same_shape("swiglu", gate, up)?;
     same_dtype("swiglu", gate, up)?;
-    let mut o = run_cpu("swiglu", &Fwd, &[gate, up])?;
-    let y = output(o.remove(0), gate.shape(), gate.dtype());
+    gate.check_same_device(up, "swiglu")?;
+    let y = if gate.device().is_cpu() {
+        let mut o = run_cpu("swiglu", &Fwd, &[gate, up])?;
+        output(o.remove(0), gate.shape(), gate.dtype())
+    } else {
+        cuda_fwd(gate, up)?
+    };
     Ok(y.track(&[gate, up], || Arc::new(SwigluBackward { gate: gate.clone(), up: up.clone() })))
 }
 
@@ -55,9 +63,36 @@ impl Backward for SwigluBackward {
         vec![self.gate.clone(), self.up.clone()]
     }
     fn backward(&self, g: &Tensor, _: &mut GradStore) -> Result<Vec<Option<Tensor>>> {
+        if !g.device().is_cpu() {
+            let (dgate, dup) = cuda_bwd(&self.gate, &self.up, g)?;
+            return Ok(vec![Some(dgate), Some(dup)]);
+        }
         let mut o = run_cpu("swiglu_bwd", &Bwd, &[&self.gate, &self.up, g])?;
         let dup = output(o.remove(1), self.up.shape(), self.up.dtype());
         let dgate = output(o.remove(0), self.gate.shape(), self.gate.dtype());
         Ok(vec![Some(dgate), Some(dup)])
     }
+}
+
+fn cuda_fwd(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    let (gate, up) = (dense(gate)?, dense(up)?);
+    let (gg, gu) = (gate.cuda_storage()?, up.cuda_storage()?);
+    let (sg, su) = (cs(&gg), cs(&gu));
+    let mut out = CudaStorage::zeros(sg.dtype(), gate.elem_count(), &sg.dev)?;
+    let r = cuda_float!("swiglu"; a = &sg.buf, b = &su.buf, o = &mut out.buf => kernels::swiglu_fwd(&sg.dev.gpu, a, b, o));
+    r.map_err(|e| cuda::err("swiglu", e))?;
+    Ok(cuda::tensor(out.buf, &sg.dev, gate.shape()))
+}
+
+fn cuda_bwd(gate: &Tensor, up: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+    let (gate, up, dy) = (dense(gate)?, dense(up)?, dense(dy)?);
+    let (gg, gu, gd) = (gate.cuda_storage()?, up.cuda_storage()?, dy.cuda_storage()?);
+    let (sg, su, sd) = (cs(&gg), cs(&gu), cs(&gd));
+    let n = gate.elem_count();
+    let mut dgate = CudaStorage::zeros(sg.dtype(), n, &sg.dev)?;
+    let mut dup = CudaStorage::zeros(sg.dtype(), n, &sg.dev)?;
+    let r = cuda_float!("swiglu backward"; a = &sg.buf, b = &su.buf, d = &sd.buf, x = &mut dgate.buf, y = &mut dup.buf
+        => kernels::swiglu_bwd(&sg.dev.gpu, a, b, d, x, y));
+    r.map_err(|e| cuda::err("swiglu backward", e))?;
+    Ok((cuda::tensor(dgate.buf, &sg.dev, gate.shape()), cuda::tensor(dup.buf, &sg.dev, gate.shape())))
 }

@@ -25,6 +25,11 @@ pub(crate) fn dense(x: &Tensor) -> Result<Tensor> {
     Ok(Tensor::from_storage(copy_values(x)?, x.shape()))
 }
 
+/// A new contiguous copy of `x`'s values (no history), for kernels that work in place.
+pub(crate) fn dense_copy(x: &Tensor) -> Result<Tensor> {
+    Ok(Tensor::from_storage(copy_values(x)?, x.shape()))
+}
+
 /// The tensor's elements as new contiguous storage on the same device.
 fn copy_values(x: &Tensor) -> Result<Storage> {
     let guard = x.storage();

@@ -84,6 +84,23 @@ pub fn add<T: KernelFloat>(
     Ok(())
 }
 
+/// `out = x * s` elementwise (bf16: product in f32, rounded once); equal lengths.
+pub fn scale<T: KernelFloat>(gpu: &Gpu, x: &CudaSlice<T>, s: f32, out: &mut CudaSlice<T>) -> Result<()> {
+    let kernel = T::pick("scale_fwd_f32", "scale_fwd_bf16");
+    let n = x.len();
+    check_len(kernel, "out", out.len(), n)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let function = gpu.kernel(&ELEMENTWISE, kernel)?;
+    let n_arg = n as u64;
+    let mut launch = gpu.stream().launch_builder(&function);
+    launch.arg(x).arg(out).arg(&s).arg(&n_arg);
+    // SAFETY: (pointer x2, float, u64) matches the kernel; both buffers hold n elements.
+    unsafe { launch.launch(config(gpu, n)) }.during(kernel)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
