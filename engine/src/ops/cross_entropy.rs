@@ -28,12 +28,14 @@ struct Fwd<'a> {
 impl CpuKernel for Fwd<'_> {
     fn run<T: Real + StorageElem>(&self, i: &[&[T]]) -> Result<Vec<Vec<T>>> {
         let v = i[0].len() / self.labels.len();
-        let total: T = i[0]
+        // Per-row losses in parallel, summed in a fixed order: the logged loss must not
+        // depend on thread scheduling (resumed runs reproduce it bit for bit).
+        let rows: Vec<T> = i[0]
             .par_chunks(v)
             .zip(self.labels)
-            .filter(|(_, &l)| l != IGNORE_INDEX)
-            .map(|(row, &l)| row_lse(row) - row[l as usize])
-            .sum();
+            .map(|(row, &l)| if l == IGNORE_INDEX { T::ZERO } else { row_lse(row) - row[l as usize] })
+            .collect();
+        let total: T = rows.into_iter().sum();
         Ok(vec![vec![total / T::from_f64(self.count as f64)]])
     }
 }

@@ -1,0 +1,40 @@
+//! The trainer's error type. Messages name the file, line, field, step or tensor at fault.
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Engine(#[from] engine::Error),
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    /// A data set or template problem; the message names the file and line.
+    #[error("{0}")]
+    Data(String),
+    /// Inconsistent or unsupported settings.
+    #[error("{0}")]
+    Config(String),
+    /// An adapter folder that cannot be written or does not fit the model.
+    #[error("{0}")]
+    Adapter(String),
+    /// A checkpoint that cannot be written, read or resumed from.
+    #[error("{0}")]
+    Checkpoint(String),
+    /// The loss or the gradient norm stopped being finite.
+    #[error(
+        "{what} is {value} at step {step}; training stopped. {}",
+        match last_checkpoint {
+            Some(p) => format!("The last good checkpoint is {}.", p.display()),
+            None => "No checkpoint was written before it.".to_string(),
+        }
+    )]
+    NonFinite { step: usize, what: &'static str, value: f64, last_checkpoint: Option<PathBuf> },
+}
+
+impl TrainError {
+    pub fn io(path: &Path, source: std::io::Error) -> TrainError {
+        TrainError::Io { path: path.to_path_buf(), source }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, TrainError>;

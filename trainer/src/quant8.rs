@@ -1,0 +1,207 @@
+//! Blockwise 8-bit storage of optimizer states, as bitsandbytes' 8-bit optimizers keep them.
+//!
+//! Each state tensor is cut into blocks of [`STATE_BLOCK`] values; a block stores its largest
+//! |value| (`absmax`, f32) and one byte per value, an index into a 256-entry "dynamic" map of
+//! the interval [-1, 1] (signed, for Adam's first moment) or [0, 1] (unsigned, for the second
+//! moment). The maps are bitsandbytes' `create_dynamic_map(signed=True/False)`; a value is
+//! stored as the map index that [`quantize_2d`] picks for `value / absmax`, exactly as the CUDA
+//! kernel `kOptimizerStatic8bit2StateBlockwise` picks it (`quantize_2D<SIGNED>`).
+
+use std::sync::OnceLock;
+
+/// Values per quantization block of an 8-bit optimizer state (bitsandbytes' `blocksize = 256`).
+pub const STATE_BLOCK: usize = 256;
+
+/// `torch.linspace(start, end, steps, dtype=torch.float32)` on the CPU, value for value (the
+/// first half counts up from `start`, the second half down from `end`, each one fused
+/// multiply-add), as engine's NF4 code builds the signed map.
+fn torch_linspace_f32(start: f32, end: f32, steps: usize) -> Vec<f32> {
+    let step = (end - start) / (steps - 1) as f32;
+    let halfway = steps / 2;
+    (0..steps)
+        .map(|i| if i < halfway { step.mul_add(i as f32, start) } else { (-step).mul_add((steps - 1 - i) as f32, end) })
+        .collect()
+}
+
+/// bitsandbytes' `create_dynamic_map(signed, max_exponent_bits=7, total_bits=8)`: for each
+/// exponent `i` in 0..7 the midpoints of `linspace(0.1, 1, n_i + 1)` (float32) times `10^(i-6)`,
+/// where `n_i = 2^i` (signed, both signs) or `2^(i+1)` (unsigned), then 0 and 1.0, sorted.
+///
+/// Signed: 127 negative values from -0.99296874, 0 at index 127, 127 positive values, 1.0 at
+/// index 255. Unsigned: 0 at index 0, 254 positive values, 1.0 at index 255.
+pub fn create_dynamic_map(signed: bool) -> [f32; 256] {
+    // `10 ** (i - 6)` in Python (a float64, an int for i = 6) times a float32 tensor: torch
+    // multiplies in float32 by the scalar rounded to float32.
+    const POW10: [f64; 7] = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0];
+    let mut data: Vec<f32> = Vec::with_capacity(256);
+    for (i, &pow10) in POW10.iter().enumerate() {
+        let items = if signed { 1usize << i } else { 1usize << (i + 1) };
+        let boundaries = torch_linspace_f32(0.1, 1.0, items + 1);
+        let scale = pow10 as f32;
+        let means: Vec<f32> = boundaries.windows(2).map(|w| (w[0] + w[1]) / 2.0).collect();
+        data.extend(means.iter().map(|&m| scale * m));
+        if signed {
+            data.extend(means.iter().map(|&m| -scale * m));
+        }
+    }
+    data.push(0.0);
+    data.push(1.0);
+    assert_eq!(data.len(), 256, "dynamic map must have 256 entries");
+    data.sort_by(|a, b| a.partial_cmp(b).expect("dynamic map has no NaN"));
+    let mut out = [0f32; 256];
+    out.copy_from_slice(&data);
+    out
+}
+
+/// The signed dynamic map (first moment), built once.
+pub fn signed_map() -> &'static [f32; 256] {
+    static MAP: OnceLock<[f32; 256]> = OnceLock::new();
+    MAP.get_or_init(|| create_dynamic_map(true))
+}
+
+/// The unsigned dynamic map (second moment), built once.
+pub fn unsigned_map() -> &'static [f32; 256] {
+    static MAP: OnceLock<[f32; 256]> = OnceLock::new();
+    MAP.get_or_init(|| create_dynamic_map(false))
+}
+
+/// The map index of `x` (a value already divided by its block's absmax), as bitsandbytes'
+/// `quantize_2D<SIGNED>`: a 7-step binary search from index 127, then the choice between the
+/// last probe and its bracketing neighbour by comparing `x` with their float32 midpoint. The
+/// bracket starts as [-1, 1] (signed) or [0, 1] (unsigned). NaN ends at index 0.
+pub fn quantize_2d(code: &[f32; 256], signed: bool, x: f32) -> u8 {
+    let mut pivot: usize = 127;
+    let mut upper_pivot: usize = 255;
+    let mut lower_pivot: usize = 0;
+    let mut lower = if signed { -1.0f32 } else { 0.0 };
+    let mut upper = 1.0f32;
+    let mut val = code[pivot];
+    let mut i = 64;
+    while i > 0 {
+        if x > val {
+            lower_pivot = pivot;
+            lower = val;
+            pivot += i;
+        } else {
+            upper_pivot = pivot;
+            upper = val;
+            pivot -= i;
+        }
+        val = code[pivot];
+        i >>= 1;
+    }
+    let chosen = if x > val {
+        if x > (upper + val) * 0.5 {
+            upper_pivot
+        } else {
+            pivot
+        }
+    } else if x < (lower + val) * 0.5 {
+        lower_pivot
+    } else {
+        pivot
+    };
+    chosen as u8
+}
+
+/// One optimizer state in blockwise 8-bit form.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Blockwise8 {
+    /// Map index per value.
+    pub codes: Vec<u8>,
+    /// Largest |value| per block of [`STATE_BLOCK`].
+    pub absmax: Vec<f32>,
+    /// Signed (first moment) or unsigned (second moment) map.
+    pub signed: bool,
+}
+
+impl Blockwise8 {
+    /// The all-zero state of `n` values (codes 0 and absmax 0, as bitsandbytes allocates it).
+    pub fn zeros(n: usize, signed: bool) -> Blockwise8 {
+        Blockwise8 { codes: vec![0; n], absmax: vec![0.0; n.div_ceil(STATE_BLOCK)], signed }
+    }
+
+    pub fn len(&self) -> usize {
+        self.codes.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.codes.is_empty()
+    }
+
+    pub fn map(&self) -> &'static [f32; 256] {
+        if self.signed {
+            signed_map()
+        } else {
+            unsigned_map()
+        }
+    }
+
+    /// Quantizes `values` block by block (absmax of each block, then [`quantize_2d`] of
+    /// `value / absmax`; for the signed map a code whose sign differs from the value's moves
+    /// one step toward it, as bitsandbytes does for the first moment).
+    pub fn quantize(values: &[f32], signed: bool) -> Blockwise8 {
+        let mut q = Blockwise8::zeros(values.len(), signed);
+        for (b, block) in values.chunks(STATE_BLOCK).enumerate() {
+            let absmax = block.iter().fold(-f32::MAX, |m, &v| m.max(v.abs()));
+            q.store_block(b, block, absmax);
+        }
+        q
+    }
+
+    /// Writes block `b` from `values` with the given `absmax` (the kernel's `fmaxf` over the
+    /// block's |values|).
+    pub(crate) fn store_block(&mut self, b: usize, values: &[f32], absmax: f32) {
+        let code = self.map();
+        self.absmax[b] = absmax;
+        let start = b * STATE_BLOCK;
+        for (j, &v) in values.iter().enumerate() {
+            let mut c = quantize_2d(code, self.signed, v / absmax);
+            if self.signed && code[c as usize].is_sign_negative() != v.is_sign_negative() {
+                c = if v > 0.0 { c.wrapping_add(1) } else { c.wrapping_sub(1) };
+            }
+            self.codes[start + j] = c;
+        }
+    }
+
+    /// The value stored at `i`: `map[code] * absmax[block]`.
+    pub fn get(&self, i: usize) -> f32 {
+        self.map()[self.codes[i] as usize] * self.absmax[i / STATE_BLOCK]
+    }
+
+    /// Every stored value.
+    pub fn dequantize(&self) -> Vec<f32> {
+        (0..self.len()).map(|i| self.get(i)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_have_the_documented_shape() {
+        let s = signed_map();
+        assert_eq!(s[127], 0.0);
+        assert_eq!(s[255], 1.0);
+        assert!((s[0] + 0.99296874).abs() < 1e-7, "{}", s[0]);
+        assert!(s.windows(2).all(|w| w[0] < w[1]));
+        // The signed map equals the one engine builds for NF4 double quantization.
+        assert_eq!(s, &engine::quant::nf4::create_dynamic_map_signed());
+        let u = unsigned_map();
+        assert_eq!(u[0], 0.0);
+        assert_eq!(u[255], 1.0);
+        assert!(u.windows(2).all(|w| w[0] < w[1]));
+        // Smallest positive entry: 1e-6 * (0.1 + 0.45) / 2 of the first exponent's 2 items.
+        assert!((u[1] - 1e-6 * 0.325).abs() < 1e-12, "{}", u[1]);
+    }
+
+    #[test]
+    fn quantize_2d_finds_exact_entries() {
+        for signed in [true, false] {
+            let code = if signed { signed_map() } else { unsigned_map() };
+            for (i, &v) in code.iter().enumerate() {
+                assert_eq!(quantize_2d(code, signed, v) as usize, i, "signed {signed} entry {i} = {v}");
+            }
+        }
+    }
+}
