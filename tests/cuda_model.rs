@@ -85,6 +85,25 @@ fn attach(m: &mut Llama) -> Vec<Tensor> {
 
 #[test]
 fn cuda_random_llama_bf16_matches_cpu() {
+    compare(false);
+}
+
+/// The same with every projection quantized to NF4 (double quant) on both sides: the GPU
+/// dequantizes for cuBLAS in the loss and uses the fused GEMV for one-token decode.
+#[test]
+fn cuda_random_llama_nf4_matches_cpu() {
+    compare(true);
+}
+
+fn quantize(m: &mut Llama) {
+    for i in 0..LAYERS {
+        for p in PROJECTIONS {
+            m.layer_mut(i).unwrap().projection_mut(p).unwrap().quantize_nf4(true).unwrap();
+        }
+    }
+}
+
+fn compare(nf4: bool) {
     let dev = match Device::cuda(0) {
         Ok(d) => d,
         Err(e) => return println!("skipped: no CUDA device ({e})"),
@@ -95,8 +114,12 @@ fn cuda_random_llama_bf16_matches_cpu() {
     let labels = Tensor::from_vec(ids.iter().map(|&i| i as i32).collect::<Vec<i32>>(), &[1, t]).unwrap();
 
     let mut cpu = model();
-    let cpu_params = attach(&mut cpu);
     let mut gpu = model();
+    if nf4 {
+        quantize(&mut cpu);
+        quantize(&mut gpu);
+    }
+    let cpu_params = attach(&mut cpu);
     gpu.to_device(dev, DType::BF16).unwrap();
     let gpu_params: Vec<Tensor> = attach(&mut gpu).iter().map(|p| p.detach().to_device(dev).unwrap().into_var()).collect();
     // Re-point the GPU adapters at the device copies.
@@ -119,9 +142,26 @@ fn cuda_random_llama_bf16_matches_cpu() {
     let mut order: Vec<usize> = (0..want.len()).collect();
     order.sort_by(|&a, &b| want[b].total_cmp(&want[a]));
     let err = order[..100].iter().map(|&i| (want[i] - got[i]).abs()).fold(0.0f32, f32::max);
-    println!("bf16 GPU vs f32 CPU: top-100 log-softmax max |Δ| = {err:.3e}");
+    println!("nf4 {nf4}: bf16 GPU vs f32 CPU: top-100 log-softmax max |Δ| = {err:.3e}");
     assert!(err < 0.5, "log-softmax differs by {err}");
     assert_eq!(model_llama::generate::argmax(&got), model_llama::generate::argmax(&want));
+
+    // Prefill all but the last token through the KV cache, then decode it alone (the GEMV
+    // path for NF4): the same last logits as the full forward on the GPU.
+    {
+        let _ng = engine::no_grad();
+        let c = &gpu.config;
+        let mut cache =
+            model_llama::KvCache::new(c.num_hidden_layers, 1, c.num_key_value_heads, c.head_dim, t, DType::BF16, dev).unwrap();
+        let head = Tensor::from_vec(ids[..t - 1].to_vec(), &[1, t - 1]).unwrap();
+        gpu.forward(&head, Some(&mut cache)).unwrap();
+        let step = gpu.forward(&Tensor::from_vec(vec![ids[t - 1]], &[1, 1]).unwrap(), Some(&mut cache)).unwrap();
+        let step = ops::log_softmax(&ops::cast(&step.to_device(Device::Cpu).unwrap(), DType::F32).unwrap()).unwrap();
+        let step = step.to_vec_f32().unwrap();
+        let err = order[..100].iter().map(|&i| (step[i] - got[i]).abs()).fold(0.0f32, f32::max);
+        println!("cached decode vs full forward on the GPU: top-100 max |Δ| = {err:.3e}");
+        assert!(err < 0.25, "cached decode differs by {err}");
+    }
 
     let lc = cpu.loss(&input, &labels, true).unwrap();
     let lg = gpu.loss(&input, &labels, true).unwrap();

@@ -317,7 +317,7 @@ fn nf4_matmul_nt() {
     use engine::quant::nf4::Nf4Weight;
     let mut rng = Rng::new(16);
     let w: Vec<f32> = rng.normal_vec(5 * 128, 1.0);
-    let q = std::sync::Arc::new(Nf4Weight::quantize(&w, &[5, 128], true).unwrap());
+    let q = ops::Nf4::Host(std::sync::Arc::new(Nf4Weight::quantize(&w, &[5, 128], true).unwrap()));
     let x = var(&mut rng, &[2, 3, 128], 1.0);
     check("nf4_matmul_nt", &[x], |x| ops::nf4_matmul_nt(&x[0], &q));
 }

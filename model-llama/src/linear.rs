@@ -1,6 +1,6 @@
 //! Linear layers without bias, and the LoRA injection point on each of them.
 
-use engine::ops::{add, cast, matmul_nt, nf4_matmul_nt, scale};
+use engine::ops::{add, cast, matmul_nt, nf4_matmul_nt, scale, Nf4};
 use engine::quant::nf4::Nf4Weight;
 use std::sync::Arc;
 use engine::{Result, Tensor};
@@ -10,7 +10,7 @@ use engine::{Result, Tensor};
 pub enum BaseWeight {
     Dense(Tensor),
     /// 4-bit NormalFloat with (optionally double-quantized) block scales, as bitsandbytes.
-    Nf4(Arc<Nf4Weight>),
+    Nf4(Nf4),
 }
 
 impl BaseWeight {
@@ -52,10 +52,7 @@ impl Linear {
     pub fn base_to(&mut self, device: engine::Device, dtype: engine::DType) -> Result<()> {
         match &self.base {
             BaseWeight::Dense(w) => self.base = BaseWeight::Dense(cast(&w.to_device(device)?, dtype)?),
-            BaseWeight::Nf4(_) if !device.is_cpu() => {
-                return Err(engine::Error::Msg("NF4 weights on CUDA are not wired into the engine yet".into()))
-            }
-            BaseWeight::Nf4(_) => {}
+            BaseWeight::Nf4(w) => self.base = BaseWeight::Nf4(w.to_device(device)?),
         }
         Ok(())
     }
@@ -64,7 +61,7 @@ impl Linear {
     pub fn quantize_nf4(&mut self, double_quant: bool) -> Result<()> {
         if let BaseWeight::Dense(w) = &self.base {
             let q = Nf4Weight::quantize(&w.to_vec_f32()?, w.shape(), double_quant)?;
-            self.base = BaseWeight::Nf4(Arc::new(q));
+            self.base = BaseWeight::Nf4(Nf4::Host(Arc::new(q)));
         }
         Ok(())
     }
