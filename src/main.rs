@@ -17,6 +17,8 @@ enum Command {
     Doctor,
     /// Generate text from a prompt.
     Generate(cli::generate::Args),
+    /// Measure a training step of a random-init model on the GPU.
+    Bench(cli::bench::Args),
 }
 
 fn main() {
@@ -27,6 +29,7 @@ fn main() {
             Ok(())
         }
         Command::Generate(args) => cli::generate::run(args),
+        Command::Bench(args) => cli::bench::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

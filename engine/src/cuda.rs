@@ -64,6 +64,43 @@ pub struct CudaStorage {
     pub dev: Arc<CudaDevice>,
 }
 
+/// Bytes held by tensor storage on each device now and at most since the last reset (the
+/// activations, gradients and scratch of a step; weights uploaded outside tensors, such as NF4
+/// blocks, are not counted: see `driver_used_bytes`).
+static LIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static PEAK: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// `(live, peak)` bytes of tensor storage on the GPUs.
+pub fn tensor_bytes() -> (usize, usize) {
+    use std::sync::atomic::Ordering::Relaxed;
+    (LIVE.load(Relaxed), PEAK.load(Relaxed))
+}
+
+/// Starts a new peak from the bytes live now.
+pub fn reset_peak() {
+    use std::sync::atomic::Ordering::Relaxed;
+    PEAK.store(LIVE.load(Relaxed), Relaxed);
+}
+
+/// Device memory in use according to the driver (total - free) on the current context.
+pub fn driver_used_bytes(dev: &CudaDevice) -> Result<usize> {
+    dev.gpu.context().bind_to_thread().map_err(|e| err("binding the CUDA context", e))?;
+    let (free, total) = drv(kernels_cuda::cudarc::driver::result::mem_get_info(), "cuMemGetInfo")?;
+    Ok(total - free)
+}
+
+fn track(bytes: usize) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let now = LIVE.fetch_add(bytes, Relaxed) + bytes;
+    PEAK.fetch_max(now, Relaxed);
+}
+
+impl Drop for CudaStorage {
+    fn drop(&mut self) {
+        LIVE.fetch_sub(self.len() * self.dtype().size_in_bytes(), std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 impl std::fmt::Debug for CudaStorage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "CudaStorage({:?}, {} elements on {:?})", self.dtype(), self.len(), self.dev)
@@ -112,7 +149,14 @@ impl CudaStorage {
                 return Err(Error::DType { op: "to_device(cuda)", dtype: DType::F64 });
             }
         };
-        Ok(CudaStorage { buf, dev: dev.clone() })
+        Ok(CudaStorage::tracked(buf, dev))
+    }
+
+    /// Wraps a new device buffer, counting its bytes (see [`tensor_bytes`]).
+    pub fn tracked(buf: CudaBuf, dev: &Arc<CudaDevice>) -> CudaStorage {
+        let s = CudaStorage { buf, dev: dev.clone() };
+        track(s.len() * s.dtype().size_in_bytes());
+        s
     }
 
     /// Copies the whole buffer to the host (waits for the stream).
@@ -138,7 +182,7 @@ impl CudaStorage {
             DType::I32 => CudaBuf::I32(drv(s.alloc_zeros(n), "device allocation")?),
             DType::F64 => return Err(Error::DType { op: "zeros(cuda)", dtype }),
         };
-        Ok(CudaStorage { buf, dev: dev.clone() })
+        Ok(CudaStorage::tracked(buf, dev))
     }
 
     /// Copies the elements of view `from` of `self` into view `to` of `dst` (same shape).
@@ -205,6 +249,7 @@ pub(crate) fn upload<T: DeviceRepr>(dev: &CudaDevice, v: &[T]) -> Result<CudaSli
 }
 
 /// A tensor on `dev` wrapping new device storage.
-pub(crate) fn tensor(buf: CudaBuf, dev: &Arc<CudaDevice>, shape: &[usize]) -> crate::Tensor {
-    crate::Tensor::from_storage(crate::tensor::Storage::Cuda(CudaStorage { buf, dev: dev.clone() }), shape)
+/// Takes over the buffer of `s` (already counted) as a tensor of `shape`.
+pub(crate) fn tensor(s: CudaStorage, shape: &[usize]) -> crate::Tensor {
+    crate::Tensor::from_storage(crate::tensor::Storage::Cuda(s), shape)
 }

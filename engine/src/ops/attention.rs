@@ -200,7 +200,7 @@ fn cuda_fwd(q: &Tensor, k: &Tensor, v: &Tensor, dims: &Dims) -> Result<(Tensor, 
     let r = cuda::cuda_float!("attention"; a = &sq.buf, b = &sk.buf, c = &sv.buf, out = &mut o.buf
         => kernels::attention_fwd(g, &kd, a, b, c, None, out, l));
     r.map_err(|e| cuda::err("attention", e))?;
-    Ok((cuda::tensor(o.buf, &sq.dev, q.shape()), cuda::tensor(lse.buf, &sq.dev, &[dims.b, dims.hq, dims.t])))
+    Ok((cuda::tensor(o, q.shape()), cuda::tensor(lse, &[dims.b, dims.hq, dims.t])))
 }
 
 fn cuda_bwd(saved: &AttentionBackward, g: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
@@ -225,5 +225,5 @@ fn cuda_bwd(saved: &AttentionBackward, g: &Tensor) -> Result<(Tensor, Tensor, Te
         a = &sq.buf, b = &sk.buf, c = &sv.buf, oo = &so.buf, gg = &sd.buf, x = &mut dq.buf, y = &mut dk.buf, z = &mut dv.buf
         => kernels::attention_bwd(&dev.gpu, &kd, a, b, c, oo, lse, gg, None, x, y, z, w));
     r.map_err(|e| cuda::err("attention backward", e))?;
-    Ok((cuda::tensor(dq.buf, dev, q.shape()), cuda::tensor(dk.buf, dev, k.shape()), cuda::tensor(dv.buf, dev, v.shape())))
+    Ok((cuda::tensor(dq, q.shape()), cuda::tensor(dk, k.shape()), cuda::tensor(dv, v.shape())))
 }

@@ -133,7 +133,7 @@ fn cuda_fwd(logits: &Tensor, labels: &[i32], count: usize) -> Result<(Tensor, Te
     let per_row = loss.download()?;
     let total: f64 = per_row.gather::<f64>(&crate::Layout::contiguous(&[rows])).iter().sum();
     let mean = Tensor::from_vec(vec![(total / count as f64) as f32], &[])?.to_device(logits.device())?;
-    Ok((mean, cuda::tensor(lse.buf, dev, &[rows])))
+    Ok((mean, cuda::tensor(lse, &[rows])))
 }
 
 /// GPU backward: `(softmax - onehot) * scale` written over a copy of the logits.

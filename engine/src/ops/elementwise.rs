@@ -121,7 +121,7 @@ pub fn scale(x: &Tensor, s: f64) -> Result<Tensor> {
         let mut out = CudaStorage::zeros(sx.dtype(), x.elem_count(), &sx.dev)?;
         let r = cuda::cuda_float!("scale"; a = &sx.buf, o = &mut out.buf => kernels::scale(&sx.dev.gpu, a, s as f32, o));
         r.map_err(|e| cuda::err("scale", e))?;
-        cuda::tensor(out.buf, &sx.dev, x.shape())
+        cuda::tensor(out, x.shape())
     };
     Ok(out.track(&[x], || Arc::new(ScaleBackward { x: x.clone(), s })))
 }

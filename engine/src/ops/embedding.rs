@@ -98,7 +98,7 @@ fn cuda_fwd(ids: &[u32], table: &Tensor, shape: &[usize]) -> Result<Tensor> {
     let r = cuda::cuda_float!("embedding"; t = &st.buf, o = &mut out.buf
         => kernels::embedding_fwd(&st.dev.gpu, &dev_ids, t, o, vocab, h));
     r.map_err(|e| cuda::err("embedding", e))?;
-    Ok(cuda::tensor(out.buf, &st.dev, shape))
+    Ok(cuda::tensor(out, shape))
 }
 
 /// Scatter-adds `g` into an f32 gradient table, then casts it to the table's dtype.
@@ -112,5 +112,5 @@ fn cuda_bwd(ids: &[u32], table: &Tensor, g: &Tensor) -> Result<Tensor> {
     let CudaBuf::F32(d) = &mut dtable.buf else { unreachable!("allocated as f32") };
     let r = cuda::cuda_float!("embedding backward"; x = &sg.buf => kernels::embedding_bwd(&sg.dev.gpu, &dev_ids, x, d, vocab, h));
     r.map_err(|e| cuda::err("embedding backward", e))?;
-    super::cast(&cuda::tensor(dtable.buf, &sg.dev, table.shape()), table.dtype())
+    super::cast(&cuda::tensor(dtable, table.shape()), table.dtype())
 }

@@ -107,7 +107,7 @@ impl DeviceNf4 {
             _ => return Err(Error::DType { op: "nf4 dequantize (cuda)", dtype }),
         };
         r.map_err(|e| cuda::err("nf4 dequantize", e))?;
-        Ok(cuda::tensor(out.buf, &self.dev, &[self.rows, self.cols]))
+        Ok(cuda::tensor(out, &[self.rows, self.cols]))
     }
 
     /// `x @ W^T` for `x: [m, cols]` with `m <= 8`, through the fused GEMV.
@@ -121,7 +121,7 @@ impl DeviceNf4 {
         let r = cuda::cuda_float!("nf4 gemv"; a = &sx.buf, o = &mut y.buf
             => kernels::nf4_gemv(&self.dev.gpu, a, &w, o, m, self.rows, self.cols));
         r.map_err(|e| cuda::err("nf4 gemv", e))?;
-        Ok(cuda::tensor(y.buf, &self.dev, &[m, self.rows]))
+        Ok(cuda::tensor(y, &[m, self.rows]))
     }
 }
 

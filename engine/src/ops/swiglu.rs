@@ -81,7 +81,7 @@ fn cuda_fwd(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     let mut out = CudaStorage::zeros(sg.dtype(), gate.elem_count(), &sg.dev)?;
     let r = cuda_float!("swiglu"; a = &sg.buf, b = &su.buf, o = &mut out.buf => kernels::swiglu_fwd(&sg.dev.gpu, a, b, o));
     r.map_err(|e| cuda::err("swiglu", e))?;
-    Ok(cuda::tensor(out.buf, &sg.dev, gate.shape()))
+    Ok(cuda::tensor(out, gate.shape()))
 }
 
 fn cuda_bwd(gate: &Tensor, up: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
@@ -94,5 +94,5 @@ fn cuda_bwd(gate: &Tensor, up: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)>
     let r = cuda_float!("swiglu backward"; a = &sg.buf, b = &su.buf, d = &sd.buf, x = &mut dgate.buf, y = &mut dup.buf
         => kernels::swiglu_bwd(&sg.dev.gpu, a, b, d, x, y));
     r.map_err(|e| cuda::err("swiglu backward", e))?;
-    Ok((cuda::tensor(dgate.buf, &sg.dev, gate.shape()), cuda::tensor(dup.buf, &sg.dev, gate.shape())))
+    Ok((cuda::tensor(dgate, gate.shape()), cuda::tensor(dup, gate.shape())))
 }
