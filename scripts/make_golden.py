@@ -29,6 +29,12 @@ CASES = {
                        rms_norm_eps=1e-5, tie_word_embeddings=False,
                        rope=dict(rope_type="llama3", rope_theta=10000.0, factor=8.0, low_freq_factor=1.0,
                                  high_freq_factor=4.0, original_max_position_embeddings=16)),
+    # GQA with head_dim 64, a size the CUDA attention kernels take: the GPU golden test.
+    "gqa_hd64": dict(hidden_size=96, intermediate_size=132, num_hidden_layers=2, num_attention_heads=4,
+                     num_key_value_heads=2, head_dim=64, vocab_size=97, max_position_embeddings=64,
+                     rms_norm_eps=1e-5, tie_word_embeddings=False,
+                     rope=dict(rope_type="llama3", rope_theta=10000.0, factor=8.0, low_freq_factor=1.0,
+                               high_freq_factor=4.0, original_max_position_embeddings=16)),
     # Plain multi-head attention, tied embeddings, default rope.
     "tied": dict(hidden_size=24, intermediate_size=40, num_hidden_layers=2, num_attention_heads=3,
                  num_key_value_heads=3, head_dim=8, vocab_size=61, max_position_embeddings=64,
@@ -119,8 +125,9 @@ def build(name, spec, seed):
 
 def main():
     outdir = sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures"
-    for i, (name, spec) in enumerate(CASES.items()):
-        tensors, meta = build(name, spec, seed=1234 + i)
+    seeds = {"gqa_llama3": 1234, "tied": 1235, "gqa_hd64": 1236}
+    for name, spec in CASES.items():
+        tensors, meta = build(name, spec, seed=seeds[name])
         path = f"{outdir}/golden_{name}.safetensors"
         save_file(tensors, path, metadata=meta)
         print(path, "loss", tensors["loss"].item(), "adamw", tensors["adamw_losses"].tolist())

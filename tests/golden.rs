@@ -3,6 +3,11 @@
 //!
 //! Tolerances: logits max|Δ| / max|ref| < 1e-4; loss |Δ| < 1e-5 * max(1, |ref|);
 //! each LoRA gradient ‖Δ‖ / ‖ref‖ < 1e-3.
+//!
+//! On a GPU (`golden_on_cuda_bf16`, head_dim 64 for the attention kernels) the model runs in
+//! bf16 with f32 accumulation and f32 LoRA masters: logits max|Δ| / max|ref| < 3e-2, loss
+//! within 2%, each LoRA gradient ‖Δ‖ / ‖ref‖ < 6e-2 (bf16 keeps 8 bits of mantissa; errors of
+//! a few parts in a thousand per op accumulate over the layers).
 
 use engine::{DType, Tensor};
 use model_llama::{Llama, LlamaConfig, SafetensorsDir};
@@ -97,6 +102,53 @@ fn golden_tied_embeddings() {
     check_case("tied");
 }
 
+#[test]
+fn golden_gqa_head_dim_64() {
+    check_case("gqa_hd64");
+}
+
+#[test]
+fn golden_on_cuda_bf16() {
+    let dev = match engine::Device::cuda(0) {
+        Ok(d) => d,
+        Err(e) => return println!("skipped: no CUDA device ({e})"),
+    };
+    let mut g = load("gqa_hd64");
+    // Move the frozen weights to the GPU in bf16 and the adapters as f32 trainable leaves.
+    let params = named_parameters(&g.model);
+    g.model.to_device(dev, DType::BF16).unwrap();
+    let lora = LoraConfig {
+        r: g.st.metadata().unwrap()["lora_r"].parse().unwrap(),
+        alpha: g.st.metadata().unwrap()["lora_alpha"].parse().unwrap(),
+        dropout: 0.0,
+        target_modules: model_llama::PROJECTIONS.iter().map(|s| s.to_string()).collect(),
+        use_rslora: false,
+    };
+    let host: std::collections::HashMap<String, Tensor> = params.into_iter().collect();
+    attach(&mut g.model, &lora, |n| host[n].detach().to_device(dev)).unwrap();
+    let logits = {
+        let _ng = engine::no_grad();
+        g.model.forward(&g.ids, None).unwrap().to_vec_f32().unwrap()
+    };
+    let ref_logits = reference(&g, "logits");
+    let err = max_abs(logits.iter().zip(&ref_logits).map(|(a, b)| a - b)) / max_abs(ref_logits.iter().copied());
+    println!("cuda bf16: logits max|Δ|/max|ref| = {err:.3e}");
+    assert!(err < 3e-2, "logits error {err}");
+    let loss = g.model.loss(&g.ids, &g.labels, true).unwrap();
+    let (l, r) = (loss.to_scalar::<f32>().unwrap(), reference(&g, "loss")[0]);
+    println!("cuda bf16: loss {l} vs {r}");
+    assert!((l - r).abs() < 0.02 * r.abs(), "loss {l} vs {r}");
+    let grads = loss.backward().unwrap();
+    let mut worst = 0.0f64;
+    for (pname, p) in named_parameters(&g.model) {
+        let got = grads.get(&p).unwrap_or_else(|| panic!("no gradient for {pname}")).to_vec_f32().unwrap();
+        let e = rel_l2(&got, &reference(&g, &format!("grad.{pname}")));
+        worst = worst.max(e);
+        assert!(e < 6e-2, "gradient of {pname}: ‖Δ‖/‖ref‖ = {e}");
+    }
+    println!("cuda bf16: worst LoRA gradient ‖Δ‖/‖ref‖ = {worst:.3e}");
+}
+
 /// Prefill plus one-token steps through the KV cache give the logits of one full forward.
 #[test]
 fn kv_cache_matches_full_forward() {
@@ -115,6 +167,6 @@ fn kv_cache_matches_full_forward() {
         got.extend(step.to_vec_f32().unwrap());
     }
     assert_eq!(cache.len(), t);
-    let err = max_abs(got.iter().zip(&full).map(|(a, b)| a - b));
-    assert!(err < 1e-5, "cached vs full logits differ by {err}");
+    let err = max_abs(got.iter().zip(&full).map(|(a, b)| a - b)) / max_abs(full.iter().copied());
+    assert!(err < 1e-5, "cached vs full logits differ by {err} of the largest logit");
 }

@@ -39,7 +39,8 @@ pub fn no_grad() -> NoGradGuard {
     NoGradGuard { prev }
 }
 
-fn enable_grad() -> NoGradGuard {
+/// Re-enables recording until dropped (inside a backward that recomputes a graph).
+pub(crate) fn enable_grad() -> NoGradGuard {
     let prev = GRAD_ENABLED.with(|g| g.replace(true));
     NoGradGuard { prev }
 }

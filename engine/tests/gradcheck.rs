@@ -462,6 +462,20 @@ fn cross_entropy() {
     });
 }
 
+/// The chunked LM head + loss equals the unchunked one and its `dh` passes the check; chunks
+/// of 2 rows, one of them all ignored.
+#[test]
+fn lm_head_cross_entropy_chunked() {
+    let mut rng = Rng::new(17);
+    let h = var(&mut rng, &[7, 5], 1.0);
+    let w = randn(&mut rng, &[11, 5], 1.0);
+    let lab = labels(&[3, -100, -100, -100, 10, 0, 7]);
+    let fused = ops::lm_head_cross_entropy(&h, &w, &lab, 2).unwrap().to_scalar::<f64>().unwrap();
+    let plain = ops::cross_entropy(&ops::matmul_nt(&h, &w).unwrap(), &lab).unwrap().to_scalar::<f64>().unwrap();
+    assert!((fused - plain).abs() < 1e-12, "chunked {fused} vs plain {plain}");
+    check("lm_head_cross_entropy", &[h], |x| ops::lm_head_cross_entropy(&x[0], &w, &lab, 2));
+}
+
 #[test]
 fn embedding() {
     let mut rng = Rng::new(25);
