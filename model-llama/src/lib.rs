@@ -4,6 +4,7 @@
 pub mod chat;
 pub mod config;
 pub mod error;
+pub mod export_gguf;
 pub mod generate;
 pub mod gguf_weights;
 pub mod hub;
@@ -11,6 +12,7 @@ pub mod kv_cache;
 pub mod linear;
 pub mod load;
 pub mod model;
+pub mod modelfile;
 pub mod safetensors_dir;
 pub mod tokenizer;
 
