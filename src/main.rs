@@ -19,6 +19,8 @@ enum Command {
     Generate(cli::generate::Args),
     /// Measure a training step of a random-init model on the GPU.
     Bench(cli::bench::Args),
+    /// Fine-tune LoRA adapters from a TOML run file and/or flags.
+    Train(Box<cli::train::Args>),
 }
 
 fn main() {
@@ -30,6 +32,7 @@ fn main() {
         }
         Command::Generate(args) => cli::generate::run(args),
         Command::Bench(args) => cli::bench::run(args),
+        Command::Train(args) => cli::train::run(*args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -40,6 +40,10 @@ pub struct Args {
     /// cpu or cuda.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// A PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors), as
+    /// `ferrotune train` writes to <output_dir>/adapter, applied to the model.
+    #[arg(long)]
+    adapter: Option<std::path::PathBuf>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -58,9 +62,21 @@ pub fn run(args: Args) -> Result<()> {
         bail!("--top-p {}: expected a value in (0, 1]", args.top_p);
     }
     let t0 = Instant::now();
-    let loaded = model_llama::load_model(&args.model, DType::F32).with_context(|| format!("loading {}", args.model))?;
-    let tok = &loaded.tokenizer;
+    let mut loaded =
+        model_llama::load_model(&args.model, DType::F32).with_context(|| format!("loading {}", args.model))?;
     eprintln!("loaded {} in {:.1}s", loaded.path.display(), t0.elapsed().as_secs_f64());
+    if let Some(dir) = &args.adapter {
+        let cfg = trainer::adapter::load_adapter(dir, &mut loaded.model)
+            .with_context(|| format!("applying the adapter {}", dir.display()))?;
+        eprintln!(
+            "applied adapter {} (r {}, alpha {}, on {})",
+            dir.display(),
+            cfg.r,
+            cfg.alpha,
+            cfg.target_modules.join(", ")
+        );
+    }
+    let tok = &loaded.tokenizer;
 
     let text = if args.chat {
         let template = tok.chat_template().context("--chat: the model has no chat template")?;

@@ -3,3 +3,5 @@
 pub mod bench;
 pub mod doctor;
 pub mod generate;
+pub mod gpu_check;
+pub mod train;
