@@ -11,22 +11,57 @@
 //   nf4_dequant_bf16 is that rounded to bf16 (nearest even).
 //
 //   nf4_gemv<m>_<dt>: y[i, r] = sum_c x[i, c] * W[r, c] for i < m <= 8, with W [rows, k] NF4 and
-//   x [m, k], y [m, rows] in f32 or bf16. The packed weight is read once, 16 bytes (32 values)
-//   at a time, one warp per output row, with the absmax decoded in the kernel; each 32-value
-//   chunk lies in one 64-block, so its partial dot product is scaled by the absmax once. The
-//   weights are used unrounded (f32), sums are f32. Needs k % 32 == 0 and 16-byte aligned
-//   buffers for the fast path; any other k takes an element-by-element path.
+//   x [m, k], y [m, rows] in f32 or bf16. Sums are f32; the weights enter unrounded: each
+//   8-value word's dot product with the code values is scaled by its block's absmax once.
 //
-// Measured (H200, bf16, m = 1, double quant): [4096, 4096] 16.1 us, [14336, 4096] 50.7 us, i.e.
-// about 600 GB/s of NF4 bytes, 14% of copy bandwidth; m = 8 takes 48.6 us. The kernel is bound by
-// on-chip traffic, not DRAM: the 256-entry float2 LUT is read with random indices (bank conflicts,
-// about 8 wavefronts per LDS.64) and each lane's x reads are 64 bytes apart (16 L1 wavefronts per
-// 16-byte load, times m). To do: a 16-entry f32 LUT (conflict-free) or PRMT-based decoding, and
-// lanes interleaved over 8-byte weight loads so that x reads are contiguous across the warp.
+// The GEMV, version 2 (benches/NOTES.md has the measurements and the profile):
+//
+// - Packed weights are read as 4-byte words (8 values), lanes interleaved: lane l reads word
+//   l + 32 j of a row, so each warp load is 128 contiguous bytes, and the x values a lane needs
+//   (8 of them, 16 or 32 bytes) sit next to its neighbours': x reads are contiguous across the
+//   warp too (version 1 read 16-byte weight chunks, and x 64 bytes apart per lane). Weights are
+//   loaded with L1::no_allocate so that x stays in L1; they are prefetched one chunk ahead
+//   (two buffers, alternating).
+// - Decoding goes through a byte-indexed table in shared memory: entry b holds
+//   (code[b >> 4], code[b & 15]), 32 copies, lane l reading copy l, laid out so that the
+//   address is one PRMT of the packed word (see s_dynamic below). Per two values: one PRMT, one
+//   LDS.64, no bank conflict (profiled: 0.1% of shared wavefronts). Version 1 had one copy read
+//   at random entries (3-4 way conflicts) and per-value address arithmetic.
+// - A warp works on R rows at once (R per m below): x is loaded and widened once for R rows.
+// - The absmax of a chunk's blocks is decoded once: a chunk covers 4 * J blocks of each of its
+//   R rows (k % 64 == 0), fetched and decoded by the lanes together and shuffled to the users.
+// - Chunks entirely inside the row take a path without per-slot checks.
+// - The grid is persistent (one block of 512 threads per multiprocessor), each warp striding
+//   over row groups (interleaved across blocks); the table is filled once per block, after the
+//   first loads are issued so that it hides behind their latency.
+//
+// Measured (H200, bf16, m = 1): 22% of copy bandwidth at [4096, 4096], 35% at [14336, 4096],
+// 50% at [128256, 4096] (1.7x to 2.8x version 1), short of the 60% target. The kernel is bound
+// on the multiprocessor side, not by DRAM: its time scales with the SM clock; with one 512-thread
+// block per SM (128 registers, 128 KiB of shared memory) only 4 warps per scheduler hide the
+// latency of the table lookups, and the table alone moves 4 bytes of shared memory per weight
+// (8x the packed weight). Small matrices are dominated by the launch and the first loads.
+//
+// The fast path needs k % 64 == 0, x 16-byte aligned and packed 4-byte aligned; any other shape
+// takes an element-by-element path (same results within rounding, much slower).
 //
 // A plain absmax is passed as `plain` (then codes, scales, map are unused and may be null);
 // `plain == nullptr` selects double quantization.
 #include "common.cuh"
+
+// GEMV tuning per m = 1..8 (src/ops/nf4.rs mirrors all three): threads per block (one block per
+// multiprocessor: the 128 KiB of shared memory allow no more; 1024 threads leave 64 registers
+// each, 512 leave 128), rows per warp (R) and words per lane per row per chunk (J), with
+// 4 * J * R <= 32.
+#ifndef NF4_GEMV_THREADS
+#define NF4_GEMV_THREADS 512, 512, 512, 512, 512, 512, 512, 512
+#endif
+#ifndef NF4_GEMV_ROWS
+#define NF4_GEMV_ROWS 2, 2, 2, 2, 2, 2, 2, 2
+#endif
+#ifndef NF4_GEMV_WORDS
+#define NF4_GEMV_WORDS 8, 8, 4, 4, 2, 2, 2, 2
+#endif
 
 namespace {
 
@@ -52,6 +87,8 @@ __constant__ float kNf4[16] = {
 
 typedef unsigned char u8;
 
+constexpr unsigned FULL_MASK = 0xffffffffu;
+
 // The absmax of block b, plain or double-quantized.
 struct Absmax {
     const float *plain;
@@ -67,67 +104,174 @@ struct Absmax {
     }
 };
 
-// lut[byte] = (code[byte >> 4], code[byte & 15]): the two values of a packed byte (element 2j
-// first). lut[nibble].y is code[nibble]. Every thread of the block must call it.
-__device__ __forceinline__ void fill_lut(float2 *lut) {
-    for (int b = threadIdx.x; b < 256; b += blockDim.x) lut[b] = make_float2(kNf4[b >> 4], kNf4[b & 15]);
-    __syncthreads();
+// What decoding one absmax needs from memory: the plain value, or the code and its scale.
+struct RawAbsmax {
+    float f;
+    unsigned code;
+};
+
+__device__ __forceinline__ RawAbsmax load_raw(const Absmax &am, u64 b) {
+    RawAbsmax r;
+    if (am.plain) {
+        r.f = __ldg(am.plain + b);
+        r.code = 0;
+    } else {
+        r.code = __ldg(am.codes + b);
+        r.f = __ldg(am.scales + (b >> 8));
+    }
+    return r;
+}
+
+__device__ __forceinline__ float decode_raw(const Absmax &am, RawAbsmax r) {
+    if (am.plain) return r.f;
+    return __fadd_rn(__fmul_rn(__ldg(am.map + r.code), r.f), am.offset);
 }
 
 __device__ __forceinline__ u64 thread_index() { return (u64)blockIdx.x * blockDim.x + threadIdx.x; }
 __device__ __forceinline__ u64 thread_count() { return (u64)gridDim.x * blockDim.x; }
 
+// A 4-byte load of streamed data (read once): by default it bypasses L1, so that x stays there.
+#ifndef NF4_LOAD_QUALIFIERS
+#define NF4_LOAD_QUALIFIERS ".nc.L1::no_allocate"
+#endif
+__device__ __forceinline__ unsigned load_stream(const unsigned *p) {
+    unsigned v;
+    asm("ld.global" NF4_LOAD_QUALIFIERS ".u32 %0, [%1];" : "=r"(v) : "l"(p));
+    return v;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dequantization: one thread per 4-byte word (8 values), lanes on consecutive words, so a warp
+// reads 128 contiguous packed bytes and writes 512 (bf16) or 1024 (f32) contiguous bytes. The
+// code table is 16 floats in 16 banks: conflict-free whatever the nibbles.
+
+__shared__ float s_code[16];
+
+// Words per thread in flight.
+constexpr int DEQUANT_UNROLL = 4;
+
+template <typename T> __device__ __forceinline__ void store8(T *out, const float (&v)[8]);
+template <> __device__ __forceinline__ void store8<float>(float *out, const float (&v)[8]) {
+    reinterpret_cast<float4 *>(out)[0] = make_float4(v[0], v[1], v[2], v[3]);
+    reinterpret_cast<float4 *>(out)[1] = make_float4(v[4], v[5], v[6], v[7]);
+}
+template <> __device__ __forceinline__ void store8<__nv_bfloat16>(__nv_bfloat16 *out, const float (&v)[8]) {
+    uint4 pk;
+    unsigned *w = reinterpret_cast<unsigned *>(&pk);
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+        const __nv_bfloat162 h = __floats2bfloat162_rn(v[2 * q], v[2 * q + 1]); // .x: lower address
+        w[q] = *reinterpret_cast<const unsigned *>(&h);
+    }
+    *reinterpret_cast<uint4 *>(out) = pk;
+}
+
 template <typename T>
 __device__ void dequant(const u8 *__restrict__ packed, Absmax am, T *__restrict__ out, u64 n) {
-    __shared__ float2 lut[256];
-    fill_lut(lut);
-    constexpr int N = ft::Vec16<T>::N; // outputs per 16-byte store
-    typedef ft::Pack<T, N> P;
+    if (threadIdx.x < 16) s_code[threadIdx.x] = kNf4[threadIdx.x];
+    __syncthreads();
     u64 done = 0;
-    if (ft::aligned(packed, 16) && ft::aligned(out, 16)) {
-        const u64 chunks = n / 32; // 16 packed bytes, 32 values, all in block c / 2
-        for (u64 c = thread_index(); c < chunks; c += thread_count()) {
-            const uint4 w = reinterpret_cast<const uint4 *>(packed)[c];
-            const float a = am(c >> 1);
-            const unsigned words[4] = {w.x, w.y, w.z, w.w};
-            float v[32];
+    if (ft::aligned(packed, 4) && ft::aligned(out, 16)) {
+        const u64 words = n >> 3; // word w: values 8w .. 8w + 7, all in block w / 8
+        const unsigned *pw = reinterpret_cast<const unsigned *>(packed);
+        const u64 stride = thread_count();
+        for (u64 w0 = thread_index(); w0 < words; w0 += DEQUANT_UNROLL * stride) {
+            unsigned wv[DEQUANT_UNROLL];
+            float a[DEQUANT_UNROLL];
 #pragma unroll
-            for (int q = 0; q < 4; ++q) {
-#pragma unroll
-                for (int b = 0; b < 4; ++b) {
-                    const float2 p = lut[(words[q] >> (8 * b)) & 0xff];
-                    v[8 * q + 2 * b] = __fmul_rn(p.x, a);
-                    v[8 * q + 2 * b + 1] = __fmul_rn(p.y, a);
+            for (int u = 0; u < DEQUANT_UNROLL; ++u) {
+                const u64 w = w0 + u * stride;
+                if (w < words) {
+                    wv[u] = load_stream(pw + w);
+                    a[u] = am(w >> 3);
                 }
             }
-            P *o = reinterpret_cast<P *>(out + 32 * c);
 #pragma unroll
-            for (int s = 0; s < 32 / N; ++s) {
-                P pk;
+            for (int u = 0; u < DEQUANT_UNROLL; ++u) {
+                const u64 w = w0 + u * stride;
+                if (w < words) {
+                    float v[8];
 #pragma unroll
-                for (int k = 0; k < N; ++k) pk.v[k] = ft::from_f32<T>(v[s * N + k]);
-                o[s] = pk;
+                    for (int b = 0; b < 4; ++b) {
+                        v[2 * b] = __fmul_rn(s_code[(wv[u] >> (8 * b + 4)) & 15], a[u]);
+                        v[2 * b + 1] = __fmul_rn(s_code[(wv[u] >> (8 * b)) & 15], a[u]);
+                    }
+                    store8<T>(out + 8 * w, v);
+                }
             }
         }
-        done = chunks * 32;
+        done = words * 8;
     }
     for (u64 e = done + thread_index(); e < n; e += thread_count()) {
         const u8 byte = packed[e >> 1];
         const int nib = (e & 1) ? (byte & 15) : (byte >> 4);
-        out[e] = ft::from_f32<T>(__fmul_rn(lut[nib].y, am(e >> 6)));
+        out[e] = ft::from_f32<T>(__fmul_rn(s_code[nib], am(e >> 6)));
     }
 }
 
-// Eight x values of row i from element c on (16-byte aligned).
+// ---------------------------------------------------------------------------------------------
+// GEMV
+
+// The pair table: entry b = (code[b >> 4], code[b & 15]), 32 copies, entry b of copy c at byte
+// b * 256 + c * 8 of a 64 KiB block of dynamic shared memory that starts at a multiple of 64 KiB
+// (GEMV_SHARED_BYTES = 128 KiB are requested so that one fits). Lane l reads copy l, so a lookup
+// never has a bank conflict, and its address is the table's base with byte 1 replaced by the
+// packed byte and byte 0 by l * 8: one PRMT.
+extern __shared__ __align__(16) unsigned char s_dynamic[];
+
+constexpr unsigned TABLE_BYTES = 1u << 16;
+
+// The shared-memory address of the table.
+__device__ __forceinline__ unsigned table_base() {
+    const unsigned start = (unsigned)__cvta_generic_to_shared(s_dynamic);
+    return (start + TABLE_BYTES - 1) & ~(TABLE_BYTES - 1);
+}
+
+// Fills the table; every thread of the block must call it (then __syncthreads()).
+__device__ __forceinline__ void fill_pair_table() {
+    const unsigned start = (unsigned)__cvta_generic_to_shared(s_dynamic);
+    const unsigned base = table_base();
+    unsigned dynamic_bytes;
+    asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(dynamic_bytes));
+    if (base + TABLE_BYTES > start + dynamic_bytes) __trap(); // the launcher asked for too little
+    float4 *table = reinterpret_cast<float4 *>(s_dynamic + (base - start));
+    // float4 i holds copies 2 (i % 16) and 2 (i % 16) + 1 of entry i / 16; within a warp the
+    // constant reads touch at most two addresses.
+    for (int i = threadIdx.x; i < (int)(TABLE_BYTES / 16); i += blockDim.x) {
+        const int b = i >> 4;
+        const float hi = kNf4[b >> 4], lo = kNf4[b & 15];
+        table[i] = make_float4(hi, lo, hi, lo);
+    }
+}
+
+// A 64-bit load from the shared-memory address `addr` (explicit, so that the address is the
+// PRMT's result as is).
+__device__ __forceinline__ float2 lds64(unsigned addr) {
+    float2 v;
+    asm volatile("ld.shared.v2.f32 {%0, %1}, [%2];" : "=f"(v.x), "=f"(v.y) : "r"(addr));
+    return v;
+}
+
+// The 8 code values of packed word w (byte j: values 2j, 2j + 1). lane_base = table_base() | l * 8.
+__device__ __forceinline__ void decode_word(unsigned w, unsigned lane_base, float (&v)[8]) {
+    const float2 p0 = lds64(__byte_perm(w, lane_base, 0x7604));
+    const float2 p1 = lds64(__byte_perm(w, lane_base, 0x7614));
+    const float2 p2 = lds64(__byte_perm(w, lane_base, 0x7624));
+    const float2 p3 = lds64(__byte_perm(w, lane_base, 0x7634));
+    v[0] = p0.x, v[1] = p0.y, v[2] = p1.x, v[3] = p1.y;
+    v[4] = p2.x, v[5] = p2.y, v[6] = p3.x, v[7] = p3.y;
+}
+
+// Eight x values from p (16-byte aligned).
 template <typename T> __device__ __forceinline__ void load8(const T *p, float (&v)[8]);
 template <> __device__ __forceinline__ void load8<float>(const float *p, float (&v)[8]) {
-    const float4 a = *reinterpret_cast<const float4 *>(p);
-    const float4 b = *reinterpret_cast<const float4 *>(p + 4);
+    const float4 a = __ldg(reinterpret_cast<const float4 *>(p));
+    const float4 b = __ldg(reinterpret_cast<const float4 *>(p) + 1);
     v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
 }
 template <>
 __device__ __forceinline__ void load8<__nv_bfloat16>(const __nv_bfloat16 *p, float (&v)[8]) {
-    const uint4 a = *reinterpret_cast<const uint4 *>(p);
+    const uint4 a = __ldg(reinterpret_cast<const uint4 *>(p));
     const unsigned w[4] = {a.x, a.y, a.z, a.w};
 #pragma unroll
     for (int q = 0; q < 4; ++q) {
@@ -136,79 +280,263 @@ __device__ __forceinline__ void load8<__nv_bfloat16>(const __nv_bfloat16 *p, flo
     }
 }
 
-// Chunks of 16 packed bytes loaded per lane before any is used.
-constexpr int UNROLL = 4;
-// Warps (output rows) per block.
-constexpr int GEMV_WARPS = 8;
+constexpr int kThreads[8] = {NF4_GEMV_THREADS};
+constexpr int kRows[8] = {NF4_GEMV_ROWS};
+constexpr int kWords[8] = {NF4_GEMV_WORDS};
 
-template <typename T, int M>
-__device__ __forceinline__ void gemv(const T *__restrict__ x, const u8 *__restrict__ packed, Absmax am,
-                     T *__restrict__ y, int rows, int k, const float2 *__restrict__ lut) {
-    const int lane = threadIdx.x & 31;
-    const int row = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
-    if (row >= rows) return;
-    const u64 first = (u64)row * (u64)k; // flat index of the row's first element
-    float acc[M];
-#pragma unroll
-    for (int i = 0; i < M; ++i) acc[i] = 0.0f;
+// Packed word of a slot past the end of a row: every nibble 7, i.e. code 0.0.
+constexpr unsigned ZERO_WORD = 0x77777777u;
 
-    if (k % 32 == 0 && ft::aligned(packed, 16) && ft::aligned(x, 16)) {
-        const int chunks = k / 32;
-        const uint4 *wrow = reinterpret_cast<const uint4 *>(packed + first / 2);
-        for (int c0 = lane; c0 < chunks; c0 += 32 * UNROLL) {
-            uint4 w[UNROLL];
-            float a[UNROLL];
+// Absmax blocks per chunk (4J per row, R rows) and how many of them each lane fetches: lane l
+// fetches blocks l, l + 32, ... of the chunk's list (row-major: block index n is block n % 4J
+// of row n / 4J), and lanes get theirs with a shuffle.
+template <int R, int J> struct Blocks {
+    static constexpr int N = 4 * J * R;
+    static constexpr int PER_LANE = (N + 31) / 32;
+};
+
+// One chunk of a warp's work: J words of each of R rows per lane, and the raw absmax this lane
+// decodes for the warp.
+template <int R, int J> struct Chunk {
+    unsigned w[R][J];
+    RawAbsmax raw[Blocks<R, J>::PER_LANE];
+};
+
+// Where the next chunk comes from. A task is R consecutive rows; a chunk is 32 * J words of each
+// of them (word slot j of lane l: word chunk * 32J + 32j + l of the row). Advanced by one chunk
+// with additions; recomputed when the task changes.
+template <int R, int J> struct Cursor {
+    int task, chunk;
+    const unsigned *w[R]; // slot 0 of this lane in each row
+    int rem;              // words of the row from slot 0 of this lane on: slot j is in the row iff 32j < rem
+    u64 block[Blocks<R, J>::PER_LANE];  // the absmax blocks this lane fetches
+    int block_rem[Blocks<R, J>::PER_LANE]; // blocks of their row from them on (> 0: in the row)
+};
+
+struct Shape {
+    int rows, k, kw, kb, chunks, tasks;
+};
+
+template <int R, int J>
+__device__ __forceinline__ void cursor_start(Cursor<R, J> &c, const unsigned *__restrict__ packed, const Shape &s,
+                                             int task, int lane) {
+    c.task = task;
+    c.chunk = 0;
 #pragma unroll
-            for (int u = 0; u < UNROLL; ++u) {
-                const int c = c0 + 32 * u;
-                if (c < chunks) {
-                    w[u] = __ldcs(wrow + c); // streamed: read once, keep x in cache
-                    a[u] = am((first + 32 * (u64)c) >> 6);
-                }
-            }
+    for (int r = 0; r < R; ++r) {
+        const int row = min(task * R + r, s.rows - 1);
+        c.w[r] = packed + (u64)row * (u64)s.kw + lane;
+    }
+    c.rem = s.kw - lane;
 #pragma unroll
-            for (int u = 0; u < UNROLL; ++u) {
-                const int c = c0 + 32 * u;
-                if (c >= chunks) break;
-                const unsigned words[4] = {w[u].x, w[u].y, w[u].z, w[u].w};
-                float part[M];
+    for (int q = 0; q < Blocks<R, J>::PER_LANE; ++q) {
+        const int n = (q * 32 + lane) % Blocks<R, J>::N; // lanes past N repeat (unused)
+        const int row = min(task * R + n / (4 * J), s.rows - 1);
+        c.block[q] = (u64)row * (u64)s.kb + n % (4 * J);
+        c.block_rem[q] = s.kb - n % (4 * J);
+    }
+}
+
+template <int R, int J> __device__ __forceinline__ void cursor_advance(Cursor<R, J> &c) {
+    c.chunk += 1;
 #pragma unroll
-                for (int i = 0; i < M; ++i) part[i] = 0.0f;
+    for (int r = 0; r < R; ++r) c.w[r] += 32 * J;
+    c.rem -= 32 * J;
 #pragma unroll
-                for (int q = 0; q < 4; ++q) {
-                    float wv[8];
+    for (int q = 0; q < Blocks<R, J>::PER_LANE; ++q) {
+        c.block[q] += 4 * J;
+        c.block_rem[q] -= 4 * J;
+    }
+}
+
+// Moves the cursor to the chunk after its current one, possibly that of the warp's next task.
+template <int R, int J>
+__device__ __forceinline__ void cursor_next(Cursor<R, J> &c, const unsigned *__restrict__ packed, const Shape &s,
+                                            int warps, int lane) {
+    if (c.chunk + 1 < s.chunks) {
+        cursor_advance<R, J>(c);
+    } else {
+        cursor_start<R, J>(c, packed, s, c.task + warps, lane);
+    }
+}
+
+template <int R, int J>
+__device__ __forceinline__ void load_chunk(Chunk<R, J> &ch, const Cursor<R, J> &c, const Absmax &am) {
 #pragma unroll
-                    for (int b = 0; b < 4; ++b) {
-                        const float2 p = lut[(words[q] >> (8 * b)) & 0xff];
-                        wv[2 * b] = p.x;
-                        wv[2 * b + 1] = p.y;
-                    }
+    for (int r = 0; r < R; ++r)
 #pragma unroll
-                    for (int i = 0; i < M; ++i) {
-                        float xv[8];
-                        load8<T>(x + (u64)i * k + 32 * c + 8 * q, xv);
+        for (int j = 0; j < J; ++j) ch.w[r][j] = 32 * j < c.rem ? load_stream(c.w[r] + 32 * j) : ZERO_WORD;
 #pragma unroll
-                        for (int e = 0; e < 8; ++e) part[i] = fmaf(wv[e], xv[e], part[i]);
-                    }
-                }
+    for (int q = 0; q < Blocks<R, J>::PER_LANE; ++q) {
+        if (c.block_rem[q] > 0) {
+            ch.raw[q] = load_raw(am, c.block[q]);
+        } else {
+            ch.raw[q].f = 0.0f;
+            ch.raw[q].code = 0;
+        }
+    }
+}
+
+// Adds chunk `chunk`'s products to acc. FULL: every slot of the chunk is in the row (no checks).
+// Otherwise slots past the row hold ZERO_WORD and read x at the row's start instead (0 * x: only
+// a non-finite x there could tell), and whole slots past the row are skipped.
+template <typename T, int M, int R, int J, bool FULL>
+__device__ __forceinline__ void compute_chunk(const Chunk<R, J> &ch, const T *__restrict__ x, const Absmax &am,
+                                              const Shape &s, int chunk, int lane, unsigned lane_base,
+                                              float (&acc)[R][M]) {
+    float a_mine[Blocks<R, J>::PER_LANE];
 #pragma unroll
-                for (int i = 0; i < M; ++i) acc[i] = fmaf(a[u], part[i], acc[i]);
+    for (int q = 0; q < Blocks<R, J>::PER_LANE; ++q) a_mine[q] = decode_raw(am, ch.raw[q]);
+    const int first = chunk * 32 * J; // the chunk's first word in the row
+    const T *xl = x + 8 * (first + lane);
+#pragma unroll
+    for (int j = 0; j < J; ++j) {
+        const T *xw = xl + 256 * j;
+        if (!FULL) {
+            if (j > 0 && first + 32 * j >= s.kw) continue; // warp-uniform: the slot is past the row
+            if (first + 32 * j + lane >= s.kw) xw = x;
+        }
+        float a[R];
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            const int n0 = r * 4 * J + 4 * j; // this slot's blocks: n0 .. n0 + 3, lane l uses n0 + l / 8
+            a[r] = __shfl_sync(FULL_MASK, a_mine[n0 / 32], n0 % 32 + (lane >> 3));
+        }
+        float cv[R][8];
+#pragma unroll
+        for (int r = 0; r < R; ++r) decode_word(ch.w[r][j], lane_base, cv[r]);
+#pragma unroll
+        for (int i = 0; i < M; ++i) {
+            float xv[8];
+            load8<T>(xw + (u64)i * s.k, xv);
+#pragma unroll
+            for (int r = 0; r < R; ++r) {
+                float part = cv[r][0] * xv[0];
+#pragma unroll
+                for (int e = 1; e < 8; ++e) part = fmaf(cv[r][e], xv[e], part);
+                acc[r][i] = fmaf(a[r], part, acc[r][i]);
             }
         }
+    }
+}
+
+template <typename T, int M, int R, int J>
+__device__ __forceinline__ void compute_any(const Chunk<R, J> &ch, const T *__restrict__ x, const Absmax &am,
+                                            const Shape &s, int chunk, int lane, unsigned lane_base,
+                                            float (&acc)[R][M]) {
+    if ((chunk + 1) * 32 * J <= s.kw) {
+        compute_chunk<T, M, R, J, true>(ch, x, am, s, chunk, lane, lane_base, acc);
     } else {
+        compute_chunk<T, M, R, J, false>(ch, x, am, s, chunk, lane, lane_base, acc);
+    }
+}
+
+template <typename T, int M, int R>
+__device__ __forceinline__ void store_task(float (&acc)[R][M], T *__restrict__ y, int rows, int task, int lane) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+#pragma unroll
+        for (int i = 0; i < M; ++i) {
+            const float v = ft::warp_sum(acc[r][i]);
+            const int row = task * R + r;
+            if (lane == 0 && row < rows) y[(u64)i * rows + row] = ft::from_f32<T>(v);
+            acc[r][i] = 0.0f;
+        }
+    }
+}
+
+// k % 64 == 0, aligned buffers. Every thread of the block must call it.
+template <typename T, int M, int R, int J>
+__device__ __forceinline__ void gemv_fast(const T *__restrict__ x, const unsigned *__restrict__ packed, const Absmax &am,
+                                          T *__restrict__ y, int rows, int k) {
+    const int lane = threadIdx.x & 31;
+    const int warps = (int)(thread_count() >> 5);
+    // Task slots interleave the blocks (slot = warp in block * blocks + block): when the tasks
+    // do not divide evenly, the warps with one task more are spread over all multiprocessors.
+    const int slot = (int)(threadIdx.x >> 5) * (int)gridDim.x + (int)blockIdx.x;
+    Shape s;
+    s.rows = rows;
+    s.k = k;
+    s.kw = k >> 3;
+    s.kb = k >> 6;
+    s.chunks = (s.kw + 32 * J - 1) / (32 * J);
+    s.tasks = (rows + R - 1) / R;
+
+    Cursor<R, J> cur;
+    cursor_start<R, J>(cur, packed, s, slot, lane);
+    Chunk<R, J> a, b;
+    if (cur.task < s.tasks) load_chunk<R, J>(a, cur, am);
+    fill_pair_table(); // while the first loads are in flight
+    __syncthreads();
+    if (cur.task >= s.tasks) return;
+    const unsigned lane_base = table_base() | (lane << 3);
+
+    float acc[R][M];
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int i = 0; i < M; ++i) acc[r][i] = 0.0f;
+    // Two chunks per trip, alternating buffers: issue the next chunk's loads, then use this one's.
+    while (true) {
+        int task = cur.task, chunk = cur.chunk;
+        cursor_next<R, J>(cur, packed, s, warps, lane);
+        bool more = cur.task < s.tasks;
+        if (more) load_chunk<R, J>(b, cur, am);
+        compute_any<T, M, R, J>(a, x, am, s, chunk, lane, lane_base, acc);
+        if (cur.chunk == 0) store_task<T, M, R>(acc, y, rows, task, lane);
+        if (!more) break;
+
+        task = cur.task, chunk = cur.chunk;
+        cursor_next<R, J>(cur, packed, s, warps, lane);
+        more = cur.task < s.tasks;
+        if (more) load_chunk<R, J>(a, cur, am);
+        compute_any<T, M, R, J>(b, x, am, s, chunk, lane, lane_base, acc);
+        if (cur.chunk == 0) store_task<T, M, R>(acc, y, rows, task, lane);
+        if (!more) break;
+    }
+}
+
+// Any k and alignment: one warp per row, lanes over columns, one value at a time. Every thread
+// of the block must call it.
+template <typename T, int M>
+__device__ __forceinline__ void gemv_elementwise(const T *__restrict__ x, const u8 *__restrict__ packed, const Absmax &am,
+                                                 T *__restrict__ y, int rows, int k) {
+    fill_pair_table();
+    __syncthreads();
+    const int lane = threadIdx.x & 31;
+    const unsigned lane_base = table_base() | (lane << 3);
+    const int warps = (int)(thread_count() >> 5);
+    for (int row = (int)(thread_index() >> 5); row < rows; row += warps) {
+        const u64 first = (u64)row * (u64)k;
+        float acc[M];
+#pragma unroll
+        for (int i = 0; i < M; ++i) acc[i] = 0.0f;
         for (int c = lane; c < k; c += 32) {
             const u64 e = first + c;
             const u8 byte = packed[e >> 1];
-            const int nib = (e & 1) ? (byte & 15) : (byte >> 4);
-            const float wv = __fmul_rn(lut[nib].y, am(e >> 6));
+            const unsigned nib = (e & 1) ? (byte & 15) : (byte >> 4);
+            // Entry `nib` is (code[0], code[nib]).
+            const float wv = __fmul_rn(lds64(lane_base | (nib << 8)).y, am(e >> 6));
 #pragma unroll
             for (int i = 0; i < M; ++i) acc[i] = fmaf(wv, ft::to_f32(x[(u64)i * k + c]), acc[i]);
         }
-    }
 #pragma unroll
-    for (int i = 0; i < M; ++i) {
-        const float s = ft::warp_sum(acc[i]);
-        if (lane == 0) y[(u64)i * rows + row] = ft::from_f32<T>(s);
+        for (int i = 0; i < M; ++i) {
+            const float v = ft::warp_sum(acc[i]);
+            if (lane == 0) y[(u64)i * rows + row] = ft::from_f32<T>(v);
+        }
+    }
+}
+
+template <typename T, int M>
+__device__ __forceinline__ void gemv_entry(const T *x, const u8 *packed, const float *plain, const u8 *codes,
+                                           const float *scales, float offset, const float *map, T *y, int rows,
+                                           int k) {
+    const Absmax am{plain, codes, scales, offset, map};
+    if (k % 64 == 0 && ft::aligned(packed, 4) && ft::aligned(x, 16)) {
+        gemv_fast<T, M, kRows[M - 1], kWords[M - 1]>(x, reinterpret_cast<const unsigned *>(packed), am, y, rows, k);
+    } else {
+        gemv_elementwise<T, M>(x, packed, am, y, rows, k);
     }
 }
 
@@ -229,15 +557,31 @@ extern "C" __global__ void nf4_dequant_bf16(const u8 *packed, const float *plain
 }
 
 // nf4_gemv<m>_<dt>, m = 1..8: x: [m, k]; W: [rows, k] as above; y: [m, rows]. One kernel per m,
-// so that each gets the registers it needs (m = 1 the fewest, for occupancy).
-// Block: 32 * GEMV_WARPS threads; grid: ceil(rows / GEMV_WARPS).
-template <typename T, int M>
-__device__ __forceinline__ void gemv_entry(const T *x, const u8 *packed, const float *plain,
-                                           const u8 *codes, const float *scales, float offset,
-                                           const float *map, T *y, int rows, int k) {
-    __shared__ float2 lut[256];
-    fill_lut(lut);
-    gemv<T, M>(x, packed, Absmax{plain, codes, scales, offset, map}, y, rows, k, lut);
+// so that each gets the registers it needs. Block: kThreads[m - 1] threads; dynamic shared
+// memory: 128 KiB (GEMV_SHARED_BYTES); grid: any (persistent: one block per multiprocessor).
+// The declarations carry the launch bounds (the register budget); the definitions follow.
+extern "C" {
+#define NF4_GEMV_DECL(name, T, m)                                                                     \
+    __global__ void __launch_bounds__(kThreads[m - 1], 1)                                             \
+        name(const T *x, const u8 *packed, const float *plain, const u8 *codes, const float *scales, \
+             float offset, const float *map, T *y, int rows, int k);
+NF4_GEMV_DECL(nf4_gemv1_f32, float, 1)
+NF4_GEMV_DECL(nf4_gemv2_f32, float, 2)
+NF4_GEMV_DECL(nf4_gemv3_f32, float, 3)
+NF4_GEMV_DECL(nf4_gemv4_f32, float, 4)
+NF4_GEMV_DECL(nf4_gemv5_f32, float, 5)
+NF4_GEMV_DECL(nf4_gemv6_f32, float, 6)
+NF4_GEMV_DECL(nf4_gemv7_f32, float, 7)
+NF4_GEMV_DECL(nf4_gemv8_f32, float, 8)
+NF4_GEMV_DECL(nf4_gemv1_bf16, __nv_bfloat16, 1)
+NF4_GEMV_DECL(nf4_gemv2_bf16, __nv_bfloat16, 2)
+NF4_GEMV_DECL(nf4_gemv3_bf16, __nv_bfloat16, 3)
+NF4_GEMV_DECL(nf4_gemv4_bf16, __nv_bfloat16, 4)
+NF4_GEMV_DECL(nf4_gemv5_bf16, __nv_bfloat16, 5)
+NF4_GEMV_DECL(nf4_gemv6_bf16, __nv_bfloat16, 6)
+NF4_GEMV_DECL(nf4_gemv7_bf16, __nv_bfloat16, 7)
+NF4_GEMV_DECL(nf4_gemv8_bf16, __nv_bfloat16, 8)
+#undef NF4_GEMV_DECL
 }
 
 extern "C" __global__ void nf4_gemv1_f32(const float *x, const u8 *packed, const float *plain,

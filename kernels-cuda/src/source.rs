@@ -179,6 +179,9 @@ pub const ATTENTION: KernelModule = KernelModule {
     ],
 };
 
+/// `kernels/adamw.cu`: AdamW steps (f32 masters; f32 or blockwise 8-bit moments; f32 or bf16 grads).
+pub const ADAMW: KernelModule = KernelModule { name: "adamw", file: "adamw.cu", source: include_str!("../kernels/adamw.cu"), headers: &[COMMON], kernels: &["adamw_f32_gf32", "adamw_f32_gbf16", "adamw_8bit_gf32", "adamw_8bit_gbf16"] };
+
 /// Every module shipped with the crate.
 pub const MODULES: &[KernelModule] = &[
     COPY,
@@ -190,6 +193,7 @@ pub const MODULES: &[KernelModule] = &[
     CROSS_ENTROPY,
     NF4,
     ATTENTION,
+    ADAMW,
 ];
 
 #[cfg(test)]

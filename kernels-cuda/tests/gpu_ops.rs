@@ -770,8 +770,8 @@ impl DeviceNf4 {
 }
 
 /// (rows, cols) of the dequantization tests: blocks straddling rows, an odd count, a partial
-/// last block, several double-quant scales.
-const NF4_SHAPES: &[(usize, usize)] = &[(1, 64), (3, 100), (7, 33), (37, 576), (64, 4096), (300, 129)];
+/// last block, several double-quant scales, and more words than threads.
+const NF4_SHAPES: &[(usize, usize)] = &[(1, 64), (3, 100), (7, 33), (37, 576), (64, 4096), (300, 129), (1024, 4100)];
 
 fn check_nf4_dequant<T: TestFloat>(gpu: &Gpu, seed: u64, bits: impl Fn(T) -> u32) {
     let mut rng = Rng(seed);
@@ -816,8 +816,10 @@ fn cuda_nf4_dequant_bf16_bit_exact() {
     check_nf4_dequant::<bf16>(gpu, 52, |v| v.to_bits() as u32);
 }
 
-/// (rows, k, m) of the GEMV tests: fast path (k % 32 == 0, including k % 64 == 32 where odd rows
-/// start mid-block) and the element path (other k).
+/// (rows, k, m) of the GEMV tests: the fast path (k % 64 == 0) with full and partial chunks
+/// (a chunk is 2048 columns for m <= 2, 1024 for m <= 4, 512 above), rows not a multiple of the
+/// two per task, warps with several tasks (more than 2 * 16 * 132 rows), many chunks; and the
+/// element path (other k, including k % 64 == 32 where odd rows start mid-block).
 const GEMV_SHAPES: &[(usize, usize, usize)] = &[
     (5, 64, 1),
     (17, 576, 2),
@@ -828,6 +830,13 @@ const GEMV_SHAPES: &[(usize, usize, usize)] = &[
     (3, 100, 5),
     (4, 33, 6),
     (11, 448, 7),
+    (5001, 64, 1),
+    (4500, 2048, 2),
+    (3, 14336, 2),
+    (4100, 192, 5),
+    (701, 4096, 3),
+    (50, 1088, 7),
+    (33, 4160, 8),
 ];
 
 fn check_nf4_gemv<T: TestFloat>(gpu: &Gpu, seed: u64) {
@@ -1020,10 +1029,23 @@ fn cuda_ops_bandwidth() {
     );
     drop((d_logits, d_labels));
 
-    // NF4 GEMV for decode, Llama-3-8B shapes, double-quant. Weights rotate over enough copies
-    // (> 160 MB) that L2 (50 MB) cannot serve them; the time is per GEMV.
+    // NF4 GEMV for decode, Llama-3-8B shapes (q/o, k/v, gate/up, down, LM head), double-quant.
+    // Weights rotate over enough copies (> 160 MB) that L2 (50 MB) cannot serve them; the time
+    // is per GEMV.
     let map = upload(gpu, &dynamic_map()[..]);
-    for (rows, k, m) in [(4096usize, 4096usize, 1usize), (14336, 4096, 1), (4096, 4096, 8)] {
+    let gemv_cases: &[(usize, usize, usize, bool)] = &[
+        (4096, 4096, 1, true),
+        (1024, 4096, 1, true),
+        (14336, 4096, 1, true),
+        (4096, 14336, 1, true),
+        (128256, 4096, 1, true),
+        (4096, 4096, 1, false),
+        (14336, 4096, 2, true),
+        (14336, 4096, 4, true),
+        (4096, 4096, 8, true),
+        (14336, 4096, 8, true),
+    ];
+    for &(rows, k, m, bf) in gemv_cases {
         let numel = rows * k;
         let blocks = numel / 64;
         let packed_bytes = numel / 2;
@@ -1038,27 +1060,21 @@ fn cuda_ops_bandwidth() {
         let codes = upload(gpu, &codes_host);
         let scales = upload(gpu, &scales_host);
         let mut weights: Vec<(CudaSlice<u8>, CudaSlice<u8>)> = Vec::new();
-        for _ in 0..copies {
+        for _ in 1..copies {
             weights.push((packed.clone(), codes.clone()));
         }
-        let x = to_dtype::<bf16>(&rng.vec(m * k, -1.0, 1.0));
-        let d_x = upload(gpu, &x);
-        let mut d_y = poisoned::<bf16>(gpu, m * rows);
-        let mut run = || {
-            for (p, c) in &weights {
-                let w = Nf4Weights {
-                    packed: p,
-                    absmax: Nf4Absmax::Double { codes: c, scales: &scales, offset, map: &map },
-                };
-                nf4_gemv(gpu, &d_x, &w, &mut d_y, m, rows, k).unwrap();
-            }
+        weights.push((packed, codes));
+        let xv = rng.vec(m * k, -1.0, 1.0);
+        let (y, ms, tracked) = if bf {
+            bench_gemv::<bf16>(gpu, &weights, &scales, offset, &map, &xv, m, rows, k, &blocker_src, &mut blocker_dst)
+        } else {
+            bench_gemv::<f32>(gpu, &weights, &scales, offset, &map, &xv, m, rows, k, &blocker_src, &mut blocker_dst)
         };
-        let tracked = time_queued_ms(gpu, 20, &blocker_src, &mut blocker_dst, &mut run) / copies as f64;
-        let ms = untracked(gpu, || time_queued_ms(gpu, 20, &blocker_src, &mut blocker_dst, &mut run)) / copies as f64;
         println!(
-            "  nf4_gemv{m}_bf16 [{rows}, {k}] (m = {m}): {:.2} us = {:.0} GB/s of NF4 bytes \
+            "  nf4_gemv{m}_{} [{rows}, {k}] (m = {m}): {:.2} us = {:.0} GB/s of NF4 bytes \
              ({nf4_bytes} B) ({:.0}% of copy; {copies} rotating copies); with event tracking \
              {:.2} us",
+            if bf { "bf16" } else { "f32" },
             ms * 1e3,
             gbps(nf4_bytes, ms),
             pct(gbps(nf4_bytes, ms)),
@@ -1072,8 +1088,7 @@ fn cuda_ops_bandwidth() {
             Nf4Scales::Double { codes: codes_host, scales: scales_host, offset },
         )
         .unwrap();
-        let y = widen(&download::<bf16>(gpu, &d_y));
-        let xf = widen(&x);
+        let xf: Vec<f64> = if bf { widen(&to_dtype::<bf16>(&xv)) } else { xv.iter().map(|&v| v as f64).collect() };
         let mut wrow = vec![0.0f32; k];
         for r in [0, rows / 2 + 1, rows - 1] {
             cpu.dequantize_rows(r, 1, &mut wrow).unwrap();
@@ -1092,4 +1107,72 @@ fn cuda_ops_bandwidth() {
             }
         }
     }
+
+    // NF4 dequantization (feeds cuBLAS in training): NF4 bytes read + output written.
+    for &(rows, k) in &[(4096usize, 4096usize), (14336, 4096)] {
+        let numel = rows * k;
+        let blocks = numel / 64;
+        let packed = upload(gpu, &(0..numel / 2).map(|_| rng.next_u64() as u8).collect::<Vec<u8>>());
+        let codes = upload(gpu, &(0..blocks).map(|_| rng.next_u64() as u8).collect::<Vec<u8>>());
+        let scales = upload(gpu, &rng.vec(blocks.div_ceil(256), 0.01, 0.05));
+        let nf4_bytes = numel / 2 + blocks + blocks.div_ceil(256) * 4;
+        let w = Nf4Weights {
+            packed: &packed,
+            absmax: Nf4Absmax::Double { codes: &codes, scales: &scales, offset: 0.03, map: &map },
+        };
+        let mut out16 = s.alloc_zeros::<bf16>(numel).unwrap();
+        let ms = untracked(gpu, || {
+            time_queued_ms(gpu, 20, &blocker_src, &mut blocker_dst, || nf4_dequantize(gpu, &w, &mut out16).unwrap())
+        });
+        let bytes = nf4_bytes + 2 * numel;
+        println!(
+            "  nf4_dequant_bf16 [{rows}, {k}]: {:.2} us = {:.0} GB/s (NF4 read + bf16 written) ({:.0}% of copy)",
+            ms * 1e3,
+            gbps(bytes, ms),
+            pct(gbps(bytes, ms))
+        );
+        drop(out16);
+        let mut out32 = s.alloc_zeros::<f32>(numel).unwrap();
+        let ms = untracked(gpu, || {
+            time_queued_ms(gpu, 20, &blocker_src, &mut blocker_dst, || nf4_dequantize(gpu, &w, &mut out32).unwrap())
+        });
+        let bytes = nf4_bytes + 4 * numel;
+        println!(
+            "  nf4_dequant_f32 [{rows}, {k}]: {:.2} us = {:.0} GB/s (NF4 read + f32 written) ({:.0}% of copy)",
+            ms * 1e3,
+            gbps(bytes, ms),
+            pct(gbps(bytes, ms))
+        );
+    }
+}
+
+/// Times `nf4_gemv` over the rotating `weights` (per GEMV, median of 20, launches queued behind
+/// a copy; see `time_queued_ms`), with and without cudarc's event tracking; returns the last
+/// output (widened) and the two times in ms.
+#[allow(clippy::too_many_arguments)]
+fn bench_gemv<T: TestFloat>(
+    gpu: &Gpu,
+    weights: &[(CudaSlice<u8>, CudaSlice<u8>)],
+    scales: &CudaSlice<f32>,
+    offset: f32,
+    map: &CudaSlice<f32>,
+    x: &[f32],
+    m: usize,
+    rows: usize,
+    k: usize,
+    blocker_src: &CudaSlice<f32>,
+    blocker_dst: &mut CudaSlice<f32>,
+) -> (Vec<f64>, f64, f64) {
+    let d_x = upload(gpu, &to_dtype::<T>(x));
+    let mut d_y = poisoned::<T>(gpu, m * rows);
+    let mut run = || {
+        for (p, c) in weights {
+            let w = Nf4Weights { packed: p, absmax: Nf4Absmax::Double { codes: c, scales, offset, map } };
+            nf4_gemv(gpu, &d_x, &w, &mut d_y, m, rows, k).unwrap();
+        }
+    };
+    let copies = weights.len() as f64;
+    let tracked = time_queued_ms(gpu, 20, blocker_src, blocker_dst, &mut run) / copies;
+    let ms = untracked(gpu, || time_queued_ms(gpu, 20, blocker_src, blocker_dst, &mut run)) / copies;
+    (widen(&download::<T>(gpu, &d_y)), ms, tracked)
 }

@@ -2,6 +2,7 @@
 //! enqueueing on [`Gpu::stream`](crate::Gpu::stream). Launches are asynchronous; errors of the
 //! kernel itself surface at the next synchronization.
 
+pub mod adamw;
 pub mod attention;
 pub mod copy;
 pub mod cross_entropy;

@@ -8,7 +8,10 @@
 //! [`nf4_dequantize`] into f32 is bit-identical to `Nf4Weight::dequantize()`, and into bf16 is
 //! that rounded to nearest even.
 
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use std::sync::Mutex;
+
+use cudarc::driver::sys::CUfunction_attribute;
+use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
 
 use super::{check_len, invalid, KernelFloat};
 use crate::error::{DriverContext, Result};
@@ -23,8 +26,15 @@ pub const DOUBLE_QUANT_BLOCK: usize = 256;
 pub const DYNAMIC_MAP_LEN: usize = 256;
 /// The most activation rows [`nf4_gemv`] takes.
 pub const GEMV_MAX_M: usize = 8;
-/// Output rows (warps) per block of the GEMV (`GEMV_WARPS` in the kernel).
-const GEMV_WARPS: usize = 8;
+/// Threads per block of the GEMV, by m (`NF4_GEMV_THREADS` in the kernel).
+const GEMV_THREADS: [usize; GEMV_MAX_M] = [512; GEMV_MAX_M];
+/// Weight rows per warp task of the GEMV, by m (`NF4_GEMV_ROWS` in the kernel).
+const GEMV_ROWS: [usize; GEMV_MAX_M] = [2; GEMV_MAX_M];
+/// Dynamic shared memory of a GEMV block: room for the 64 KiB decoding table at a 64 KiB
+/// boundary. One block per multiprocessor fits.
+pub const GEMV_SHARED_BYTES: usize = 128 << 10;
+/// Threads per block of the dequantization.
+const DEQUANT_THREADS: usize = 256;
 
 /// The per-block absmax of an NF4 weight on the device.
 #[derive(Clone, Copy, Debug)]
@@ -99,11 +109,12 @@ pub fn nf4_dequantize<T: KernelFloat>(gpu: &Gpu, w: &Nf4Weights, out: &mut CudaS
     let mut launch = gpu.stream().launch_builder(&function);
     push_weights!(launch, w, &null, &zero);
     launch.arg(out).arg(&n_arg);
-    // One thread per 32 values; at most 32 blocks of 256 per multiprocessor (the kernel loops).
-    let cap = gpu.multiprocessors().max(1) as usize * 32;
+    // One thread per packed 4-byte word (8 values), at most 8 blocks of 256 per multiprocessor
+    // (a full one; the kernel loops over the rest).
+    let cap = gpu.multiprocessors().max(1) as usize * 8;
     let config = LaunchConfig {
-        grid_dim: (n.div_ceil(32).div_ceil(256).clamp(1, cap) as u32, 1, 1),
-        block_dim: (256, 1, 1),
+        grid_dim: (n.div_ceil(8).div_ceil(DEQUANT_THREADS).clamp(1, cap) as u32, 1, 1),
+        block_dim: (DEQUANT_THREADS as u32, 1, 1),
         shared_mem_bytes: 0,
     };
     // SAFETY: (pointer x3 or null, pointer, float, pointer, pointer, u64) matches the kernel;
@@ -136,9 +147,12 @@ const GEMV_BF16: [&str; GEMV_MAX_M] = [
 ];
 
 /// `y = x @ W^T` for the decode step: `x` `[m, k]`, `W` an NF4 weight `[rows, k]`, `y`
-/// `[m, rows]`, `1 <= m <= 8`. The packed weight is read once (one warp per output row, 16-byte
-/// loads, absmax decoded in the kernel); the weights enter the f32 dot products unrounded. Fast
-/// when `k` is a multiple of 32; any `k` works.
+/// `[m, rows]`, `1 <= m <= 8`. The packed weight is read once, straight from memory (no
+/// dequantized copy); the weights enter the f32 dot products unrounded. Fast when `k` is a
+/// multiple of 64; any `k` works.
+///
+/// Launch: one block of 512 threads per multiprocessor at most, each warp working through tasks
+/// of two weight rows.
 pub fn nf4_gemv<T: KernelFloat>(
     gpu: &Gpu,
     x: &CudaSlice<T>,
@@ -161,6 +175,7 @@ pub fn nf4_gemv<T: KernelFloat>(
     check_len(kernel, "x", x.len(), m * k)?;
     check_len(kernel, "y", y.len(), m * rows)?;
     let function = gpu.kernel(&NF4, kernel)?;
+    allow_gemv_shared_memory(&function, false)?;
     let (null, zero) = (0u64, 0f32);
     let (rows_arg, k_arg) = (rows as i32, k as i32);
     let mut launch = gpu.stream().launch_builder(&function);
@@ -168,19 +183,66 @@ pub fn nf4_gemv<T: KernelFloat>(
     push_weights!(launch, w, &null, &zero);
     launch.arg(y).arg(&rows_arg).arg(&k_arg);
     let config = LaunchConfig {
-        grid_dim: (rows.div_ceil(GEMV_WARPS) as u32, 1, 1),
-        block_dim: (32 * GEMV_WARPS as u32, 1, 1),
-        shared_mem_bytes: 0,
+        grid_dim: (gemv_blocks(rows, GEMV_ROWS[m - 1], GEMV_THREADS[m - 1] / 32, gpu.multiprocessors()), 1, 1),
+        block_dim: (GEMV_THREADS[m - 1] as u32, 1, 1),
+        shared_mem_bytes: GEMV_SHARED_BYTES as u32,
     };
     // SAFETY: (pointer x2, pointer or null x4, float, pointer, pointer, int, int) matches the
-    // kernel; x, y and the weight's buffers hold what [m, k], [m, rows] and rows * k values need.
-    unsafe { launch.launch(config) }.during(kernel)?;
+    // kernel; x, y and the weight's buffers hold what [m, k], [m, rows] and rows * k values need;
+    // the dynamic shared memory is what the kernel expects and was allowed for the function.
+    if unsafe { launch.launch(config) }.is_err() {
+        // A function handle seen before may belong to a module loaded since (handles are
+        // reused): allow the shared memory again and retry once.
+        allow_gemv_shared_memory(&function, true)?;
+        // SAFETY: as above.
+        unsafe { launch.launch(config) }.during(kernel)?;
+    }
     Ok(())
+}
+
+/// Lets `function` use [`GEMV_SHARED_BYTES`] of dynamic shared memory. Done once per function
+/// handle (`force` redoes it): setting the attribute before every launch costs several
+/// microseconds per GEMV on the device.
+fn allow_gemv_shared_memory(function: &CudaFunction, force: bool) -> Result<()> {
+    static ALLOWED: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+    let handle = function.cu_function() as usize;
+    let mut allowed = ALLOWED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if force || !allowed.contains(&handle) {
+        function
+            .set_attribute(
+                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                GEMV_SHARED_BYTES as i32,
+            )
+            .during("setting the NF4 GEMV's shared memory size")?;
+        if !allowed.contains(&handle) {
+            allowed.push(handle);
+        }
+    }
+    Ok(())
+}
+
+/// GEMV blocks for `rows` rows in tasks of `rows_per_task`, `warps` warps per block: enough for
+/// every task to have a warp, at most one block per multiprocessor (the kernel's warps stride
+/// over the tasks, interleaved across blocks so that every multiprocessor gets an even share).
+pub fn gemv_blocks(rows: usize, rows_per_task: usize, warps: usize, multiprocessors: u32) -> u32 {
+    let tasks = rows.div_ceil(rows_per_task);
+    tasks.div_ceil(warps.max(1)).clamp(1, multiprocessors.max(1) as usize) as u32
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gemv_grid_fills_the_multiprocessors() {
+        // 4096 rows: 2048 tasks, 16 warps a block: 128 blocks.
+        assert_eq!(gemv_blocks(4096, 2, 16, 132), 128);
+        // 14336 rows: 7168 tasks: every multiprocessor.
+        assert_eq!(gemv_blocks(14336, 2, 16, 132), 132);
+        assert_eq!(gemv_blocks(1, 2, 16, 132), 1);
+        assert_eq!(gemv_blocks(33, 2, 16, 132), 2);
+        assert_eq!(gemv_blocks(1 << 20, 2, 16, 132), 132);
+    }
 
     #[test]
     fn gemv_names_follow_m() {
