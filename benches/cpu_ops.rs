@@ -23,7 +23,9 @@ fn bench(c: &mut Criterion) {
 
     let x1 = randn(&[1, h], 3);
     g.throughput(Throughput::Bytes((inter * h * 4) as u64));
-    g.bench_function("matmul_nt decode 1x576 @ 1536x576^T (weight bytes)", |b| b.iter(|| ops::matmul_nt(&x1, &w).unwrap()));
+    g.bench_function("matmul_nt decode 1x576 @ 1536x576^T (weight bytes)", |b| {
+        b.iter(|| ops::matmul_nt(&x1, &w).unwrap())
+    });
 
     let norm_w = randn(&[h], 4);
     g.throughput(Throughput::Bytes((2 * t * h * 4) as u64));
@@ -33,7 +35,9 @@ fn bench(c: &mut Criterion) {
     let k = randn(&[1, 3, t, 64], 6);
     let v = randn(&[1, 3, t, 64], 7);
     g.throughput(Throughput::Elements((4 * 9 * t * t / 2 * 64) as u64));
-    g.bench_function("attention causal 9q/3kv heads x 256 x 64 (FLOP)", |b| b.iter(|| ops::attention(&q, &k, &v).unwrap()));
+    g.bench_function("attention causal 9q/3kv heads x 256 x 64 (FLOP)", |b| {
+        b.iter(|| ops::attention(&q, &k, &v).unwrap())
+    });
 
     let inv: Vec<f64> = (0..32).map(|i| 1.0 / 10000f64.powf(i as f64 / 32.0)).collect();
     let table = RopeTable::new(&inv, t);

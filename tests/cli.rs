@@ -34,7 +34,14 @@ fn generate_answers_with_the_chat_template() {
         "{model} missing: run scripts/fetch-smollm2.sh (.ci/run does)"
     );
     let out = ferrotune(&[
-        "generate", "--model", model, "--chat", "--prompt", "What is the capital of France?", "--max-new-tokens", "24",
+        "generate",
+        "--model",
+        model,
+        "--chat",
+        "--prompt",
+        "What is the capital of France?",
+        "--max-new-tokens",
+        "24",
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let answer = text(&out.stdout);
@@ -46,7 +53,16 @@ fn generate_answers_with_the_chat_template() {
 #[test]
 fn stop_string_ends_the_output() {
     let model = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
-    let out = ferrotune(&["generate", "--model", model, "--chat", "--prompt", "What is the capital of France?", "--stop", "Paris"]);
+    let out = ferrotune(&[
+        "generate",
+        "--model",
+        model,
+        "--chat",
+        "--prompt",
+        "What is the capital of France?",
+        "--stop",
+        "Paris",
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let answer = text(&out.stdout);
     assert!(!answer.contains("Paris") && answer.contains("capital"), "{answer:?}");

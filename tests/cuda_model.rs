@@ -121,7 +121,8 @@ fn compare(nf4: bool) {
     }
     let cpu_params = attach(&mut cpu);
     gpu.to_device(dev, DType::BF16).unwrap();
-    let gpu_params: Vec<Tensor> = attach(&mut gpu).iter().map(|p| p.detach().to_device(dev).unwrap().into_var()).collect();
+    let gpu_params: Vec<Tensor> =
+        attach(&mut gpu).iter().map(|p| p.detach().to_device(dev).unwrap().into_var()).collect();
     // Re-point the GPU adapters at the device copies.
     let mut k = 0;
     for i in [0, LAYERS - 1] {
@@ -136,7 +137,10 @@ fn compare(nf4: bool) {
         let _ng = engine::no_grad();
         let logits = m.forward(&input, None).unwrap();
         let row = ops::narrow(&logits, 1, t - 1, 1).unwrap();
-        ops::log_softmax(&ops::cast(&row.to_device(Device::Cpu).unwrap(), DType::F32).unwrap()).unwrap().to_vec_f32().unwrap()
+        ops::log_softmax(&ops::cast(&row.to_device(Device::Cpu).unwrap(), DType::F32).unwrap())
+            .unwrap()
+            .to_vec_f32()
+            .unwrap()
     };
     let (want, got) = (last(&cpu), last(&gpu));
     let mut order: Vec<usize> = (0..want.len()).collect();
@@ -152,7 +156,8 @@ fn compare(nf4: bool) {
         let _ng = engine::no_grad();
         let c = &gpu.config;
         let mut cache =
-            model_llama::KvCache::new(c.num_hidden_layers, 1, c.num_key_value_heads, c.head_dim, t, DType::BF16, dev).unwrap();
+            model_llama::KvCache::new(c.num_hidden_layers, 1, c.num_key_value_heads, c.head_dim, t, DType::BF16, dev)
+                .unwrap();
         let head = Tensor::from_vec(ids[..t - 1].to_vec(), &[1, t - 1]).unwrap();
         gpu.forward(&head, Some(&mut cache)).unwrap();
         let step = gpu.forward(&Tensor::from_vec(vec![ids[t - 1]], &[1, 1]).unwrap(), Some(&mut cache)).unwrap();

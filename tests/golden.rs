@@ -87,7 +87,10 @@ fn check_case(name: &str) {
             worst = worst.max(e);
             assert!(e < 1e-3, "{name}: gradient of {pname}: ‖Δ‖/‖ref‖ = {e}");
         }
-        println!("{name}: worst LoRA gradient ‖Δ‖/‖ref‖ = {worst:.3e} over {} tensors (checkpoint {checkpoint})", params.len());
+        println!(
+            "{name}: worst LoRA gradient ‖Δ‖/‖ref‖ = {worst:.3e} over {} tensors (checkpoint {checkpoint})",
+            params.len()
+        );
     }
 }
 
@@ -169,9 +172,23 @@ fn kv_cache_matches_full_forward() {
     let row: Vec<u32> = ids[..t].to_vec();
     let full = g.model.forward(&Tensor::from_vec(row.clone(), &[1, t]).unwrap(), None).unwrap().to_vec_f32().unwrap();
     let c = &g.model.config;
-    let mut cache = model_llama::KvCache::new(c.num_hidden_layers, 1, c.num_key_value_heads, c.head_dim, t, DType::F32, engine::Device::Cpu).unwrap();
+    let mut cache = model_llama::KvCache::new(
+        c.num_hidden_layers,
+        1,
+        c.num_key_value_heads,
+        c.head_dim,
+        t,
+        DType::F32,
+        engine::Device::Cpu,
+    )
+    .unwrap();
     let prefill = 4;
-    let mut got = g.model.forward(&Tensor::from_vec(row[..prefill].to_vec(), &[1, prefill]).unwrap(), Some(&mut cache)).unwrap().to_vec_f32().unwrap();
+    let mut got = g
+        .model
+        .forward(&Tensor::from_vec(row[..prefill].to_vec(), &[1, prefill]).unwrap(), Some(&mut cache))
+        .unwrap()
+        .to_vec_f32()
+        .unwrap();
     for &tok in &row[prefill..] {
         let step = g.model.forward(&Tensor::from_vec(vec![tok], &[1, 1]).unwrap(), Some(&mut cache)).unwrap();
         got.extend(step.to_vec_f32().unwrap());

@@ -184,11 +184,8 @@ impl Backward for CheckpointBackward {
         self.inputs.clone()
     }
     fn backward(&self, grad: &Tensor, store: &mut GradStore) -> Result<Vec<Option<Tensor>>> {
-        let fresh: Vec<Tensor> = self
-            .inputs
-            .iter()
-            .map(|t| if t.requires_grad() { t.detach().into_var() } else { t.detach() })
-            .collect();
+        let fresh: Vec<Tensor> =
+            self.inputs.iter().map(|t| if t.requires_grad() { t.detach().into_var() } else { t.detach() }).collect();
         let out = {
             let _g = enable_grad();
             (self.f)(&fresh)?

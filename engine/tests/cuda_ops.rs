@@ -68,9 +68,9 @@ fn cuda_strided_copies() {
 fn cuda_matmul_matches_cpu() {
     let Some(dev) = gpu() else { return };
     let cases: [(&[usize], &[usize], bool); 5] = [
-        (&[1, 7], &[5, 7], true),      // decode row against a weight (x @ w^T)
-        (&[33, 64], &[96, 64], true),  // odd rows
-        (&[2, 3, 17], &[17, 9], false), // 2-D right operand broadcast over the batch
+        (&[1, 7], &[5, 7], true),        // decode row against a weight (x @ w^T)
+        (&[33, 64], &[96, 64], true),    // odd rows
+        (&[2, 3, 17], &[17, 9], false),  // 2-D right operand broadcast over the batch
         (&[3, 5, 8], &[3, 8, 6], false), // batched
         (&[129, 257], &[257, 65], false),
     ];

@@ -42,37 +42,22 @@ fn weighted_sum(y: &Tensor, r: &Tensor) -> Result<Tensor> {
 /// differences (see the module docs), and that frozen inputs get none.
 fn check(name: &str, inputs: &[Tensor], f: impl Fn(&[Tensor]) -> Result<Tensor>) {
     let y = f(inputs).unwrap_or_else(|e| panic!("{name}: forward failed: {e}"));
-    assert_eq!(
-        y.dtype(),
-        DType::F64,
-        "{name}: f64 inputs must give an f64 result"
-    );
-    assert!(
-        y.requires_grad(),
-        "{name}: the result of trainable inputs records no graph"
-    );
+    assert_eq!(y.dtype(), DType::F64, "{name}: f64 inputs must give an f64 result");
+    assert!(y.requires_grad(), "{name}: the result of trainable inputs records no graph");
     let r = randn(&mut Rng::new(0x5EED_0F4E), y.shape(), 1.0);
     let grads = weighted_sum(&y, &r).unwrap().backward().unwrap();
 
     let eval = |xs: &[Tensor]| -> f64 {
         let _g = no_grad();
-        weighted_sum(&f(xs).unwrap(), &r)
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
+        weighted_sum(&f(xs).unwrap(), &r).unwrap().to_scalar::<f64>().unwrap()
     };
     let mut plain: Vec<Tensor> = inputs.iter().map(Tensor::detach).collect();
     for (i, x) in inputs.iter().enumerate() {
         if !x.requires_grad() {
-            assert!(
-                grads.get(x).is_none(),
-                "{name}: frozen input {i} got a gradient"
-            );
+            assert!(grads.get(x).is_none(), "{name}: frozen input {i} got a gradient");
             continue;
         }
-        let g = grads
-            .get(x)
-            .unwrap_or_else(|| panic!("{name}: no gradient for input {i}"));
+        let g = grads.get(x).unwrap_or_else(|| panic!("{name}: no gradient for input {i}"));
         assert_eq!(g.shape(), x.shape(), "{name}: gradient shape of input {i}");
         let analytic = vals(g);
         let base = vals(x);
@@ -120,17 +105,13 @@ fn mul() {
 #[test]
 fn scale() {
     let mut rng = Rng::new(3);
-    check("scale", &[var(&mut rng, &[3, 7], 1.0)], |x| {
-        ops::scale(&x[0], -1.7)
-    });
+    check("scale", &[var(&mut rng, &[3, 7], 1.0)], |x| ops::scale(&x[0], -1.7));
 }
 
 #[test]
 fn sum_all() {
     let mut rng = Rng::new(4);
-    check("sum_all", &[var(&mut rng, &[3, 5, 1], 1.0)], |x| {
-        ops::sum_all(&x[0])
-    });
+    check("sum_all", &[var(&mut rng, &[3, 5, 1], 1.0)], |x| ops::sum_all(&x[0]));
     // A reduction inside a graph: x * sum(x), as [5, 1] @ [1, 1].
     check("x * sum_all(x)", &[var(&mut rng, &[5], 1.0)], |x| {
         let s = ops::reshape(&ops::sum_all(&x[0])?, &[1, 1])?;
@@ -142,12 +123,8 @@ fn sum_all() {
 fn cast_f64_to_f64() {
     let mut rng = Rng::new(5);
     let (a, b) = (var(&mut rng, &[3, 5], 1.0), var(&mut rng, &[3, 5], 1.0));
-    check("cast f64->f64", std::slice::from_ref(&a), |x| {
-        ops::cast(&x[0], DType::F64)
-    });
-    check("mul(cast f64->f64, y)", &[a, b], |x| {
-        ops::mul(&ops::cast(&x[0], DType::F64)?, &x[1])
-    });
+    check("cast f64->f64", std::slice::from_ref(&a), |x| ops::cast(&x[0], DType::F64));
+    check("mul(cast f64->f64, y)", &[a, b], |x| ops::mul(&ops::cast(&x[0], DType::F64)?, &x[1]));
 }
 
 /// Through an f64 -> f32 -> f64 round trip finite differences are meaningless (f32
@@ -171,41 +148,29 @@ fn cast_roundtrip_gradient() {
 fn reshape() {
     let mut rng = Rng::new(7);
     let x = var(&mut rng, &[3, 5, 7], 1.0);
-    check("reshape", std::slice::from_ref(&x), |x| {
-        ops::reshape(&x[0], &[15, 7])
-    });
-    check("reshape of a transposed view", &[x], |x| {
-        ops::reshape(&ops::transpose(&x[0], 0, 2)?, &[7, 15])
-    });
+    check("reshape", std::slice::from_ref(&x), |x| ops::reshape(&x[0], &[15, 7]));
+    check("reshape of a transposed view", &[x], |x| ops::reshape(&ops::transpose(&x[0], 0, 2)?, &[7, 15]));
 }
 
 #[test]
 fn transpose() {
     let mut rng = Rng::new(8);
     let x = var(&mut rng, &[3, 5, 7], 1.0);
-    check("transpose(0,2)", std::slice::from_ref(&x), |x| {
-        ops::transpose(&x[0], 0, 2)
-    });
-    check("transpose twice", &[x], |x| {
-        ops::transpose(&ops::transpose(&x[0], 0, 1)?, 1, 2)
-    });
+    check("transpose(0,2)", std::slice::from_ref(&x), |x| ops::transpose(&x[0], 0, 2));
+    check("transpose twice", &[x], |x| ops::transpose(&ops::transpose(&x[0], 0, 1)?, 1, 2));
 }
 
 #[test]
 fn narrow() {
     let mut rng = Rng::new(9);
     let x = var(&mut rng, &[3, 5, 7], 1.0);
-    check("narrow dim 1", std::slice::from_ref(&x), |x| {
-        ops::narrow(&x[0], 1, 1, 3)
-    });
+    check("narrow dim 1", std::slice::from_ref(&x), |x| ops::narrow(&x[0], 1, 1, 3));
     check("narrow dim 0 then reshape", std::slice::from_ref(&x), |x| {
         ops::reshape(&ops::narrow(&x[0], 0, 2, 1)?, &[5, 7])
     });
-    check(
-        "narrow of a transposed view",
-        std::slice::from_ref(&x),
-        |x| ops::narrow(&ops::transpose(&x[0], 1, 2)?, 2, 3, 2),
-    );
+    check("narrow of a transposed view", std::slice::from_ref(&x), |x| {
+        ops::narrow(&ops::transpose(&x[0], 1, 2)?, 2, 3, 2)
+    });
     // Two slices of the same leaf: their gradients must add.
     check("narrow twice (overlapping)", &[x], |x| {
         ops::add(&ops::narrow(&x[0], 2, 0, 5)?, &ops::narrow(&x[0], 2, 2, 5)?)
@@ -216,14 +181,10 @@ fn narrow() {
 fn contiguous() {
     let mut rng = Rng::new(10);
     let x = var(&mut rng, &[3, 5, 7], 1.0);
-    check(
-        "contiguous of a transposed view",
-        std::slice::from_ref(&x),
-        |x| ops::contiguous(&ops::transpose(&x[0], 0, 1)?),
-    );
-    check("contiguous of a narrowed view", &[x], |x| {
-        ops::contiguous(&ops::narrow(&x[0], 2, 1, 5)?)
+    check("contiguous of a transposed view", std::slice::from_ref(&x), |x| {
+        ops::contiguous(&ops::transpose(&x[0], 0, 1)?)
     });
+    check("contiguous of a narrowed view", &[x], |x| ops::contiguous(&ops::narrow(&x[0], 2, 1, 5)?));
 }
 
 // ------------------------------------------------------------------------- matmul
@@ -234,79 +195,46 @@ fn matmul_2d() {
     let (a, b) = (var(&mut rng, &[5, 7], 1.0), var(&mut rng, &[7, 3], 1.0));
     check("matmul 2-D", &[a, b.clone()], |x| ops::matmul(&x[0], &x[1]));
     let frozen = randn(&mut rng, &[5, 7], 1.0);
-    check("matmul 2-D (frozen lhs)", &[frozen, b], |x| {
-        ops::matmul(&x[0], &x[1])
-    });
+    check("matmul 2-D (frozen lhs)", &[frozen, b], |x| ops::matmul(&x[0], &x[1]));
 }
 
 #[test]
 fn matmul_batched() {
     let mut rng = Rng::new(12);
-    let (a, b) = (
-        var(&mut rng, &[3, 5, 7], 1.0),
-        var(&mut rng, &[3, 7, 3], 1.0),
-    );
+    let (a, b) = (var(&mut rng, &[3, 5, 7], 1.0), var(&mut rng, &[3, 7, 3], 1.0));
     check("matmul batched", &[a, b], |x| ops::matmul(&x[0], &x[1]));
-    let (a, b) = (
-        var(&mut rng, &[3, 1, 5, 7], 1.0),
-        var(&mut rng, &[3, 1, 7, 3], 1.0),
-    );
-    check("matmul 2 batch dims", &[a, b], |x| {
-        ops::matmul(&x[0], &x[1])
-    });
+    let (a, b) = (var(&mut rng, &[3, 1, 5, 7], 1.0), var(&mut rng, &[3, 1, 7, 3], 1.0));
+    check("matmul 2 batch dims", &[a, b], |x| ops::matmul(&x[0], &x[1]));
 }
 
 #[test]
 fn matmul_broadcast_rhs() {
     let mut rng = Rng::new(13);
     let (a, b) = (var(&mut rng, &[3, 5, 7], 1.0), var(&mut rng, &[7, 3], 1.0));
-    check("matmul [3,5,7] @ [7,3]", &[a, b], |x| {
-        ops::matmul(&x[0], &x[1])
-    });
-    let (a, b) = (
-        var(&mut rng, &[1, 3, 5, 7], 1.0),
-        var(&mut rng, &[7, 5], 1.0),
-    );
-    check("matmul [1,3,5,7] @ [7,5]", &[a, b], |x| {
-        ops::matmul(&x[0], &x[1])
-    });
+    check("matmul [3,5,7] @ [7,3]", &[a, b], |x| ops::matmul(&x[0], &x[1]));
+    let (a, b) = (var(&mut rng, &[1, 3, 5, 7], 1.0), var(&mut rng, &[7, 5], 1.0));
+    check("matmul [1,3,5,7] @ [7,5]", &[a, b], |x| ops::matmul(&x[0], &x[1]));
 }
 
 #[test]
 fn matmul_transposed_views() {
     let mut rng = Rng::new(14);
     let (a, b) = (var(&mut rng, &[7, 5], 1.0), var(&mut rng, &[3, 7], 1.0));
-    check("matmul a^T @ b^T", &[a, b], |x| {
-        ops::matmul(&ops::transpose(&x[0], 0, 1)?, &ops::transpose(&x[1], 0, 1)?)
-    });
-    let (a, b) = (
-        var(&mut rng, &[3, 7, 5], 1.0),
-        var(&mut rng, &[3, 7, 3], 1.0),
-    );
-    check("matmul batched a^T @ b", &[a, b], |x| {
-        ops::matmul(&ops::transpose(&x[0], 1, 2)?, &x[1])
-    });
+    check("matmul a^T @ b^T", &[a, b], |x| ops::matmul(&ops::transpose(&x[0], 0, 1)?, &ops::transpose(&x[1], 0, 1)?));
+    let (a, b) = (var(&mut rng, &[3, 7, 5], 1.0), var(&mut rng, &[3, 7, 3], 1.0));
+    check("matmul batched a^T @ b", &[a, b], |x| ops::matmul(&ops::transpose(&x[0], 1, 2)?, &x[1]));
     // Batch dims that do not flatten to one stride.
-    let (a, b) = (
-        var(&mut rng, &[3, 1, 5, 7], 1.0),
-        var(&mut rng, &[1, 3, 7, 3], 1.0),
-    );
-    check("matmul with transposed batch dims", &[a, b], |x| {
-        ops::matmul(&ops::transpose(&x[0], 0, 1)?, &x[1])
-    });
+    let (a, b) = (var(&mut rng, &[3, 1, 5, 7], 1.0), var(&mut rng, &[1, 3, 7, 3], 1.0));
+    check("matmul with transposed batch dims", &[a, b], |x| ops::matmul(&ops::transpose(&x[0], 0, 1)?, &x[1]));
 }
 
 #[test]
 fn matmul_nt() {
     let mut rng = Rng::new(15);
     let (x, w) = (var(&mut rng, &[3, 5, 7], 1.0), var(&mut rng, &[3, 7], 1.0));
-    check("matmul_nt", &[x.clone(), w], |x| {
-        ops::matmul_nt(&x[0], &x[1])
-    });
+    check("matmul_nt", &[x.clone(), w], |x| ops::matmul_nt(&x[0], &x[1]));
     let frozen = randn(&mut rng, &[5, 7], 1.0);
-    check("matmul_nt (frozen weight)", &[x, frozen], |x| {
-        ops::matmul_nt(&x[0], &x[1])
-    });
+    check("matmul_nt (frozen weight)", &[x, frozen], |x| ops::matmul_nt(&x[0], &x[1]));
 }
 
 // ----------------------------------------------------------------- nonlinear ops
@@ -326,24 +254,16 @@ fn nf4_matmul_nt() {
 fn log_softmax() {
     let mut rng = Rng::new(16);
     let x = var(&mut rng, &[3, 5, 7], 2.0);
-    check("log_softmax", std::slice::from_ref(&x), |x| {
-        ops::log_softmax(&x[0])
-    });
-    check("log_softmax of a transposed view", &[x], |x| {
-        ops::log_softmax(&ops::transpose(&x[0], 1, 2)?)
-    });
+    check("log_softmax", std::slice::from_ref(&x), |x| ops::log_softmax(&x[0]));
+    check("log_softmax of a transposed view", &[x], |x| ops::log_softmax(&ops::transpose(&x[0], 1, 2)?));
 }
 
 #[test]
 fn swiglu() {
     let mut rng = Rng::new(17);
     let (g, u) = (var(&mut rng, &[3, 7], 2.0), var(&mut rng, &[3, 7], 1.0));
-    check("swiglu", &[g.clone(), u.clone()], |x| {
-        ops::swiglu(&x[0], &x[1])
-    });
-    check("swiglu (frozen up)", &[g.clone(), u.detach()], |x| {
-        ops::swiglu(&x[0], &x[1])
-    });
+    check("swiglu", &[g.clone(), u.clone()], |x| ops::swiglu(&x[0], &x[1]));
+    check("swiglu (frozen up)", &[g.clone(), u.detach()], |x| ops::swiglu(&x[0], &x[1]));
     check("swiglu(x, x)", &[g], |x| ops::swiglu(&x[0], &x[0]));
 }
 
@@ -357,9 +277,7 @@ fn rms_norm_trainable_weight() {
     let mut rng = Rng::new(18);
     let x = var(&mut rng, &[3, 5, 7], 1.0);
     let w = norm_weight(&mut rng, 7).into_var();
-    check("rms_norm (trainable weight)", &[x, w], |x| {
-        ops::rms_norm(&x[0], &x[1], 1e-5)
-    });
+    check("rms_norm (trainable weight)", &[x, w], |x| ops::rms_norm(&x[0], &x[1], 1e-5));
 }
 
 #[test]
@@ -367,22 +285,14 @@ fn rms_norm_frozen_weight() {
     let mut rng = Rng::new(19);
     let x = var(&mut rng, &[5, 7], 1.0);
     let w = norm_weight(&mut rng, 7);
-    check("rms_norm (frozen weight)", &[x.clone(), w.clone()], |x| {
-        ops::rms_norm(&x[0], &x[1], 1e-5)
-    });
+    check("rms_norm (frozen weight)", &[x.clone(), w.clone()], |x| ops::rms_norm(&x[0], &x[1], 1e-5));
     check("rms_norm of a transposed view", &[x, w], |x| {
-        ops::rms_norm(
-            &ops::transpose(&ops::reshape(&x[0], &[7, 5])?, 0, 1)?,
-            &x[1],
-            1e-6,
-        )
+        ops::rms_norm(&ops::transpose(&ops::reshape(&x[0], &[7, 5])?, 0, 1)?, &x[1], 1e-6)
     });
 }
 
 fn rope_table(half: usize, max_positions: usize) -> RopeTable {
-    let inv: Vec<f64> = (0..half)
-        .map(|i| 10000f64.powf(-((2 * i) as f64) / (2 * half) as f64))
-        .collect();
+    let inv: Vec<f64> = (0..half).map(|i| 10000f64.powf(-((2 * i) as f64) / (2 * half) as f64)).collect();
     RopeTable::new(&inv, max_positions)
 }
 
@@ -391,12 +301,8 @@ fn rope() {
     let mut rng = Rng::new(20);
     let table = rope_table(3, 16);
     let x = var(&mut rng, &[2, 3, 3, 6], 1.0);
-    check("rope at positions 3,7,4", std::slice::from_ref(&x), |x| {
-        ops::rope(&x[0], &table, &[3, 7, 4])
-    });
-    check("rope at positions 13..16", &[x], |x| {
-        ops::rope(&x[0], &table, &[13, 14, 15])
-    });
+    check("rope at positions 3,7,4", std::slice::from_ref(&x), |x| ops::rope(&x[0], &table, &[3, 7, 4]));
+    check("rope at positions 13..16", &[x], |x| ops::rope(&x[0], &table, &[13, 14, 15]));
 }
 
 #[test]
@@ -405,9 +311,7 @@ fn attention_gqa() {
     let q = var(&mut rng, &[1, 4, 5, 3], 1.0);
     let k = var(&mut rng, &[1, 2, 5, 3], 1.0);
     let v = var(&mut rng, &[1, 2, 5, 3], 1.0);
-    check("attention GQA 4/2, t = s", &[q, k, v], |x| {
-        ops::attention(&x[0], &x[1], &x[2])
-    });
+    check("attention GQA 4/2, t = s", &[q, k, v], |x| ops::attention(&x[0], &x[1], &x[2]));
 }
 
 #[test]
@@ -416,17 +320,11 @@ fn attention_kv_offset() {
     let q = var(&mut rng, &[2, 4, 3, 5], 1.0);
     let k = var(&mut rng, &[2, 2, 5, 5], 1.0);
     let v = var(&mut rng, &[2, 2, 5, 5], 1.0);
-    check("attention GQA 4/2, t=3 < s=5", &[q, k, v], |x| {
-        ops::attention(&x[0], &x[1], &x[2])
-    });
+    check("attention GQA 4/2, t=3 < s=5", &[q, k, v], |x| ops::attention(&x[0], &x[1], &x[2]));
     let q = var(&mut rng, &[1, 3, 1, 3], 1.0);
     let k = var(&mut rng, &[1, 3, 7, 3], 1.0);
     let v = randn(&mut rng, &[1, 3, 7, 3], 1.0);
-    check(
-        "attention MHA, one query over 7 keys, frozen v",
-        &[q, k, v],
-        |x| ops::attention(&x[0], &x[1], &x[2]),
-    );
+    check("attention MHA, one query over 7 keys, frozen v", &[q, k, v], |x| ops::attention(&x[0], &x[1], &x[2]));
 }
 
 #[test]
@@ -451,15 +349,9 @@ fn cross_entropy() {
     let mut rng = Rng::new(24);
     let logits = var(&mut rng, &[7, 11], 2.0);
     let lab = labels(&[3, -100, 0, 10, -100, 5, 5]);
-    check(
-        "cross_entropy with ignored labels",
-        std::slice::from_ref(&logits),
-        |x| ops::cross_entropy(&x[0], &lab),
-    );
+    check("cross_entropy with ignored labels", std::slice::from_ref(&logits), |x| ops::cross_entropy(&x[0], &lab));
     let all = labels(&[1, 2, 3, 4, 5, 6, 7]);
-    check("cross_entropy", &[logits], |x| {
-        ops::cross_entropy(&x[0], &all)
-    });
+    check("cross_entropy", &[logits], |x| ops::cross_entropy(&x[0], &all));
 }
 
 /// The chunked LM head + loss equals the unchunked one and its `dh` passes the check; chunks
@@ -481,9 +373,7 @@ fn embedding() {
     let mut rng = Rng::new(25);
     let table = var(&mut rng, &[7, 5], 1.0);
     let ids = Tensor::from_vec(vec![1u32, 4, 1, 0, 4, 1], &[2, 3]).unwrap();
-    check("embedding with repeated ids", &[table], |x| {
-        ops::embedding(&ids, &x[0])
-    });
+    check("embedding with repeated ids", &[table], |x| ops::embedding(&ids, &x[0]));
 }
 
 // ----------------------------------------------------------------------- checkpoint
@@ -507,23 +397,12 @@ fn checkpoint_captured_leaf() {
     let w = var(&mut rng, &[5, 7], 0.5);
     let norm = norm_weight(&mut rng, 5);
     // Both the segment input and the captured leaf (not an input) are trainable.
-    check(
-        "checkpoint (input + captured leaf)",
-        &[x.clone(), w.clone()],
-        |a| checkpointed(&a[0], &a[1], &norm),
-    );
+    check("checkpoint (input + captured leaf)", &[x.clone(), w.clone()], |a| checkpointed(&a[0], &a[1], &norm));
     // A frozen input: only the captured leaf makes the output need grad.
-    check(
-        "checkpoint (captured leaf only)",
-        &[x.detach(), w.clone()],
-        |a| checkpointed(&a[0], &a[1], &norm),
-    );
+    check("checkpoint (captured leaf only)", &[x.detach(), w.clone()], |a| checkpointed(&a[0], &a[1], &norm));
     // The captured leaf also used outside the segment: both contributions must add up.
     check("checkpoint + outside use of the leaf", &[x, w], |a| {
-        ops::add(
-            &checkpointed(&a[0], &a[1], &norm)?,
-            &ops::matmul_nt(&a[0], &a[1])?,
-        )
+        ops::add(&checkpointed(&a[0], &a[1], &norm)?, &ops::matmul_nt(&a[0], &a[1])?)
     });
 }
 
@@ -537,26 +416,14 @@ fn checkpoint_matches_plain_graph() {
     let r = randn(&mut rng, &[3, 5], 1.0);
     // x is a non-leaf: the segment's input gradient must flow on to x0.
     let x = ops::scale(&x0, 1.3).unwrap();
-    let plain = weighted_sum(&segment_body(&x, &w, &norm).unwrap(), &r)
-        .unwrap()
-        .backward()
-        .unwrap();
+    let plain = weighted_sum(&segment_body(&x, &w, &norm).unwrap(), &r).unwrap().backward().unwrap();
     let ckpt_out = checkpointed(&x, &w, &norm).unwrap();
     assert_eq!(vals(&ckpt_out), vals(&segment_body(&x, &w, &norm).unwrap()));
-    let ckpt = backward_from(
-        &weighted_sum(&ckpt_out, &r).unwrap(),
-        &Tensor::from_vec(vec![1.0f64], &[]).unwrap(),
-    )
-    .unwrap();
+    let ckpt =
+        backward_from(&weighted_sum(&ckpt_out, &r).unwrap(), &Tensor::from_vec(vec![1.0f64], &[]).unwrap()).unwrap();
     assert_eq!(ckpt.len(), 2, "gradients of x0 and w expected");
     for (name, t) in [("x0", &x0), ("w", &w)] {
-        common::assert_close(
-            name,
-            &vals(ckpt.get(t).unwrap()),
-            &vals(plain.get(t).unwrap()),
-            1e-13,
-            1e-12,
-        );
+        common::assert_close(name, &vals(ckpt.get(t).unwrap()), &vals(plain.get(t).unwrap()), 1e-13, 1e-12);
     }
 }
 
@@ -585,17 +452,11 @@ fn tiny_transformer_block() {
     let positions: Vec<usize> = (past..s).collect();
     let inputs = [emb, wq, wk, wv, wo, wg, k_past, v_past, norm];
     check("tiny transformer block", &inputs, |p| {
-        let [emb, wq, wk, wv, wo, wg, k_past, v_past, norm] = p else {
-            unreachable!()
-        };
+        let [emb, wq, wk, wv, wo, wg, k_past, v_past, norm] = p else { unreachable!() };
         let x = ops::embedding(&ids, emb)?; // [1, t, hid]
         let xn = ops::rms_norm(&x, norm, 1e-5)?;
         let heads = |w: &Tensor, h: usize| -> Result<Tensor> {
-            ops::transpose(
-                &ops::reshape(&ops::matmul_nt(&xn, w)?, &[1, t, h, d])?,
-                1,
-                2,
-            )
+            ops::transpose(&ops::reshape(&ops::matmul_nt(&xn, w)?, &[1, t, h, d])?, 1, 2)
         };
         let q = ops::rope(&heads(wq, hq)?, &table, &positions)?;
         let k_new = ops::rope(&heads(wk, hkv)?, &table, &positions)?;
@@ -609,10 +470,7 @@ fn tiny_transformer_block() {
         let head = ops::narrow(&ops::transpose(emb, 0, 1)?, 0, 0, 5)?; // [5, vocab]
         let logits = ops::matmul(&ops::reshape(&m, &[t, 5])?, &head)?;
         let loss = ops::cross_entropy(&logits, &lab)?;
-        ops::add(
-            &loss,
-            &ops::scale(&ops::sum_all(&ops::log_softmax(&logits)?)?, 0.01)?,
-        )
+        ops::add(&loss, &ops::scale(&ops::sum_all(&ops::log_softmax(&logits)?)?, 0.01)?)
     });
 }
 
@@ -635,7 +493,5 @@ fn pad(x: &Tensor, len: usize, start: usize) -> Result<Tensor> {
 #[should_panic(expected = "analytic")]
 fn harness_detects_a_wrong_gradient() {
     let mut rng = Rng::new(29);
-    check("x * detach(x)", &[var(&mut rng, &[3], 1.0)], |x| {
-        ops::mul(&x[0], &x[0].detach())
-    });
+    check("x * detach(x)", &[var(&mut rng, &[3], 1.0)], |x| ops::mul(&x[0], &x[0].detach()));
 }

@@ -17,8 +17,8 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use engine::quant::nf4::{
-    dynamic_index, dynamic_map, nf4_index, quantize_blockwise_dynamic, Nf4Scales, Nf4Weight,
-    DOUBLE_QUANT_BLOCK_SIZE, NF4_BLOCK_SIZE, NF4_CODE,
+    dynamic_index, dynamic_map, nf4_index, quantize_blockwise_dynamic, Nf4Scales, Nf4Weight, DOUBLE_QUANT_BLOCK_SIZE,
+    NF4_BLOCK_SIZE, NF4_CODE,
 };
 use half::bf16;
 use safetensors::{Dtype, SafeTensors};
@@ -26,9 +26,7 @@ use safetensors::{Dtype, SafeTensors};
 fn fixture_path() -> PathBuf {
     match std::env::var_os("NF4_BNB_FIXTURE") {
         Some(p) => PathBuf::from(p),
-        None => {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nf4_bnb.safetensors")
-        }
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nf4_bnb.safetensors"),
     }
 }
 
@@ -78,30 +76,18 @@ impl Fixture {
     }
 
     fn f32s(&self, name: &str) -> Vec<f32> {
-        let t = self
-            .st
-            .tensor(name)
-            .unwrap_or_else(|_| panic!("fixture lacks {name}"));
+        let t = self.st.tensor(name).unwrap_or_else(|_| panic!("fixture lacks {name}"));
         match t.dtype() {
-            Dtype::F32 => t
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Dtype::BF16 => t
-                .data()
-                .chunks_exact(2)
-                .map(|b| bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
-                .collect(),
+            Dtype::F32 => t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            Dtype::BF16 => {
+                t.data().chunks_exact(2).map(|b| bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()).collect()
+            }
             d => panic!("{name}: unexpected dtype {d:?}"),
         }
     }
 
     fn u8s(&self, name: &str) -> Vec<u8> {
-        let t = self
-            .st
-            .tensor(name)
-            .unwrap_or_else(|_| panic!("fixture lacks {name}"));
+        let t = self.st.tensor(name).unwrap_or_else(|_| panic!("fixture lacks {name}"));
         assert_eq!(t.dtype(), Dtype::U8, "{name}");
         t.data().to_vec()
     }
@@ -131,11 +117,7 @@ impl Report {
         detail: impl Fn(usize) -> String,
     ) -> usize {
         if ours.len() != bnb.len() {
-            self.failures.push(format!(
-                "{what}: length {} vs bitsandbytes {}",
-                ours.len(),
-                bnb.len()
-            ));
+            self.failures.push(format!("{what}: length {} vs bitsandbytes {}", ours.len(), bnb.len()));
             return usize::MAX;
         }
         let bad: Vec<usize> = (0..ours.len()).filter(|&i| ours[i] != bnb[i]).collect();
@@ -145,12 +127,7 @@ impl Report {
                 .take(5)
                 .map(|&i| format!("[{i}] ours {:?} bnb {:?} {}", ours[i], bnb[i], detail(i)))
                 .collect();
-            self.failures.push(format!(
-                "{what}: {} of {} differ; first: {}",
-                bad.len(),
-                ours.len(),
-                first.join("; ")
-            ));
+            self.failures.push(format!("{what}: {} of {} differ; first: {}", bad.len(), ours.len(), first.join("; ")));
         }
         bad.len()
     }
@@ -198,21 +175,12 @@ impl Report {
             ));
         }
         if !bad.is_empty() {
-            self.failures.push(format!(
-                "{what}: {} of {} differ; first: {}",
-                bad.len(),
-                ours.len(),
-                show(&bad)
-            ));
+            self.failures.push(format!("{what}: {} of {} differ; first: {}", bad.len(), ours.len(), show(&bad)));
         }
     }
 
     fn finish(self) {
-        assert!(
-            self.failures.is_empty(),
-            "mismatches against bitsandbytes:\n{}",
-            self.failures.join("\n")
-        );
+        assert!(self.failures.is_empty(), "mismatches against bitsandbytes:\n{}", self.failures.join("\n"));
     }
 }
 
@@ -223,10 +191,7 @@ fn approx_reciprocals(a: f32) -> Vec<f32> {
     if !(inv.is_finite() && inv > 0.0) {
         return Vec::new();
     }
-    vec![
-        f32::from_bits(inv.to_bits() - 1),
-        f32::from_bits(inv.to_bits() + 1),
-    ]
+    vec![f32::from_bits(inv.to_bits() - 1), f32::from_bits(inv.to_bits() + 1)]
 }
 
 fn f32_bits(v: &[f32]) -> Vec<u32> {
@@ -252,10 +217,7 @@ fn nibbles(packed: &[u8], n: usize) -> Vec<u8> {
 fn as_dtype_bits(v: &[f32], dtype: Dtype) -> Vec<u32> {
     match dtype {
         Dtype::F32 => f32_bits(v),
-        Dtype::BF16 => v
-            .iter()
-            .map(|&x| bf16::from_f32(x).to_bits() as u32)
-            .collect(),
+        Dtype::BF16 => v.iter().map(|&x| bf16::from_f32(x).to_bits() as u32).collect(),
         d => panic!("unexpected dtype {d:?}"),
     }
 }
@@ -264,16 +226,8 @@ fn fixture_dequant_bits(fx: &Fixture, name: &str) -> Vec<u32> {
     let dtype = fx.dtype(name);
     let t = fx.st.tensor(name).unwrap();
     match dtype {
-        Dtype::F32 => t
-            .data()
-            .chunks_exact(4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        Dtype::BF16 => t
-            .data()
-            .chunks_exact(2)
-            .map(|b| u16::from_le_bytes([b[0], b[1]]) as u32)
-            .collect(),
+        Dtype::F32 => t.data().chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+        Dtype::BF16 => t.data().chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]]) as u32).collect(),
         d => panic!("{name}: unexpected dtype {d:?}"),
     }
 }
@@ -282,19 +236,11 @@ fn fixture_dequant_bits(fx: &Fixture, name: &str) -> Vec<u32> {
 fn code_tables_match() {
     let fx = fixture();
     let mut r = Report::default();
-    r.bits(
-        "nf4_code",
-        &f32_bits(&NF4_CODE),
-        &f32_bits(&fx.f32s("nf4_code")),
-        |_| String::new(),
-    );
+    r.bits("nf4_code", &f32_bits(&NF4_CODE), &f32_bits(&fx.f32s("nf4_code")), |_| String::new());
     let map = fx.f32s("dynamic_map");
-    r.bits(
-        "dynamic_map",
-        &f32_bits(dynamic_map()),
-        &f32_bits(&map),
-        |i| format!("ours {} bnb {}", dynamic_map()[i], map[i]),
-    );
+    r.bits("dynamic_map", &f32_bits(dynamic_map()), &f32_bits(&map), |i| {
+        format!("ours {} bnb {}", dynamic_map()[i], map[i])
+    });
     r.finish();
 }
 
@@ -306,15 +252,8 @@ fn dynamic_map_midpoint_ties() {
     let input = fx.f32s("dyn_ties.input");
     let (codes, absmax) = quantize_blockwise_dynamic(&input, 256);
     let mut r = Report::default();
-    r.bits("dyn_ties.codes", &codes, &fx.u8s("dyn_ties.codes"), |i| {
-        format!("x = {:e}", input[i])
-    });
-    r.bits(
-        "dyn_ties.absmax",
-        &f32_bits(&absmax),
-        &f32_bits(&fx.f32s("dyn_ties.absmax")),
-        |_| String::new(),
-    );
+    r.bits("dyn_ties.codes", &codes, &fx.u8s("dyn_ties.codes"), |i| format!("x = {:e}", input[i]));
+    r.bits("dyn_ties.absmax", &f32_bits(&absmax), &f32_bits(&fx.f32s("dyn_ties.absmax")), |_| String::new());
     r.finish();
 }
 
@@ -337,17 +276,11 @@ fn nf4_matches_bitsandbytes() {
         // Element i of the nibble stream (i == n is the padding nibble, loaded as 0.0).
         let x_of = |i: usize| input.get(i).copied().unwrap_or(0.0);
         let excused = |i: usize, bnb: u8| {
-            approx_reciprocals(absmax[i / NF4_BLOCK_SIZE])
-                .iter()
-                .any(|&r| nf4_index(x_of(i) * r) == bnb)
+            approx_reciprocals(absmax[i / NF4_BLOCK_SIZE]).iter().any(|&r| nf4_index(x_of(i) * r) == bnb)
         };
         let explain = |i: usize| {
             let a = absmax[i / NF4_BLOCK_SIZE];
-            format!(
-                "x = {:e}, absmax = {a:e}, x*(1/absmax) = {:e}",
-                x_of(i),
-                x_of(i) * (1.0 / a)
-            )
+            format!("x = {:e}, absmax = {a:e}, x*(1/absmax) = {:e}", x_of(i), x_of(i) * (1.0 / a))
         };
         let bnb_plain_packed = fx.u8s(&format!("{case}.plain.packed"));
         let bnb_nibbles = nibbles(&bnb_plain_packed, 2 * bnb_plain_packed.len());
@@ -359,19 +292,10 @@ fn nf4_matches_bitsandbytes() {
             explain,
         );
         let bnb_absmax = fx.f32s(&format!("{case}.plain.absmax"));
-        r.bits(
-            &format!("{case}.plain.absmax"),
-            &f32_bits(&absmax),
-            &f32_bits(&bnb_absmax),
-            |_| String::new(),
-        );
+        r.bits(&format!("{case}.plain.absmax"), &f32_bits(&absmax), &f32_bits(&bnb_absmax), |_| String::new());
         // Dequantization of bitsandbytes' own parts.
-        let stored_plain = Nf4Weight::from_parts(
-            &shape,
-            bnb_plain_packed.clone(),
-            Nf4Scales::Plain(bnb_absmax),
-        )
-        .unwrap();
+        let stored_plain =
+            Nf4Weight::from_parts(&shape, bnb_plain_packed.clone(), Nf4Scales::Plain(bnb_absmax)).unwrap();
         r.bits(
             &format!("{case}.plain.dequant"),
             &as_dtype_bits(&stored_plain.dequantize(), dtype),
@@ -394,20 +318,15 @@ fn nf4_matches_bitsandbytes() {
             |i| excused(i, bnb_dq_nibbles[i]),
             explain,
         );
-        let Nf4Scales::Double { offset, .. } = dq.scales().clone() else {
-            panic!("double quant expected")
-        };
+        let Nf4Scales::Double { offset, .. } = dq.scales().clone() else { panic!("double quant expected") };
         // torch's mean() is a float32 reduction in a device-dependent order: ours may differ
         // in the last bits (16 ulps is a relative 1e-6).
         let ulps = (offset.to_bits() as i64 - bnb_offset.to_bits() as i64).abs();
         if ulps > 16 {
-            r.failures.push(format!(
-                "{case}.dq.offset: ours {offset:e} bnb {bnb_offset:e} ({ulps} ulps apart)"
-            ));
+            r.failures.push(format!("{case}.dq.offset: ours {offset:e} bnb {bnb_offset:e} ({ulps} ulps apart)"));
         }
         // The 8-bit stage, given bitsandbytes' offset: codes and scales bit for bit.
-        let Nf4Scales::Double { codes, scales, .. } =
-            Nf4Scales::double_quantize_with_offset(&absmax, bnb_offset)
+        let Nf4Scales::Double { codes, scales, .. } = Nf4Scales::double_quantize_with_offset(&absmax, bnb_offset)
         else {
             unreachable!()
         };
@@ -423,30 +342,17 @@ fn nf4_matches_bitsandbytes() {
             },
             |i| {
                 let s = scales[i / DOUBLE_QUANT_BLOCK_SIZE];
-                format!(
-                    "absmax - offset = {:e}, normalized {:e}",
-                    centered[i],
-                    centered[i] * (1.0 / s)
-                )
+                format!("absmax - offset = {:e}, normalized {:e}", centered[i], centered[i] * (1.0 / s))
             },
         );
-        r.bits(
-            &p("absmax_scales"),
-            &f32_bits(&scales),
-            &f32_bits(&bnb_scales),
-            |_| String::new(),
-        );
+        r.bits(&p("absmax_scales"), &f32_bits(&scales), &f32_bits(&bnb_scales), |_| String::new());
         // Our own offset: where it equals bitsandbytes', the whole pipeline must match.
         let mut pipeline = "not compared (offsets differ)";
         if ulps == 0 && codes == bnb_codes {
             pipeline = "identical";
             assert_eq!(
                 dq.scales(),
-                &Nf4Scales::Double {
-                    codes: bnb_codes.clone(),
-                    scales: bnb_scales.clone(),
-                    offset: bnb_offset
-                },
+                &Nf4Scales::Double { codes: bnb_codes.clone(), scales: bnb_scales.clone(), offset: bnb_offset },
                 "{case}: full double-quant pipeline"
             );
         }
@@ -454,19 +360,12 @@ fn nf4_matches_bitsandbytes() {
         let stored = Nf4Weight::from_parts(
             &shape,
             bnb_dq_packed,
-            Nf4Scales::Double {
-                codes: bnb_codes,
-                scales: bnb_scales,
-                offset: bnb_offset,
-            },
+            Nf4Scales::Double { codes: bnb_codes, scales: bnb_scales, offset: bnb_offset },
         )
         .unwrap();
-        r.bits(
-            &p("absmax_decoded"),
-            &f32_bits(&stored.absmax()),
-            &f32_bits(&fx.f32s(&p("absmax_decoded"))),
-            |_| String::new(),
-        );
+        r.bits(&p("absmax_decoded"), &f32_bits(&stored.absmax()), &f32_bits(&fx.f32s(&p("absmax_decoded"))), |_| {
+            String::new()
+        });
         r.bits(
             &p("dequant"),
             &as_dtype_bits(&stored.dequantize(), dtype),
@@ -489,22 +388,14 @@ fn nf4_ties_case_is_present() {
     // our reading of the thresholds puts each on the lower side.
     let fx = fixture();
     if !fx.meta["cases"].split(',').any(|c| c == "nf4_ties") {
-        assert!(
-            fx.meta["cases"].contains("stress"),
-            "small fixture must hold nf4_ties"
-        );
+        assert!(fx.meta["cases"].contains("stress"), "small fixture must hold nf4_ties");
         return;
     }
     let input = fx.f32s("nf4_ties.input");
     assert_eq!(input[0], 1.0);
     let packed = fx.u8s("nf4_ties.plain.packed");
     for (i, &x) in input.iter().enumerate() {
-        assert_eq!(
-            nibbles(&packed, input.len())[i],
-            nf4_index(x),
-            "value {x:e} ({:#x})",
-            x.to_bits()
-        );
+        assert_eq!(nibbles(&packed, input.len())[i], nf4_index(x), "value {x:e} ({:#x})", x.to_bits());
     }
     assert!(fx.has("nf4_ties.dq.packed"));
 }

@@ -124,15 +124,8 @@ pub fn include_dirs() -> Vec<PathBuf> {
 
 /// The NVRTC options for `arch` (e.g. `sm_90`): C++17 and the given include directories.
 pub fn compile_options(arch: &str, include_dirs: &[PathBuf]) -> Vec<String> {
-    let mut options = vec![
-        format!("--gpu-architecture={arch}"),
-        "--std=c++17".to_string(),
-    ];
-    options.extend(
-        include_dirs
-            .iter()
-            .map(|dir| format!("--include-path={}", dir.display())),
-    );
+    let mut options = vec![format!("--gpu-architecture={arch}"), "--std=c++17".to_string()];
+    options.extend(include_dirs.iter().map(|dir| format!("--include-path={}", dir.display())));
     options
 }
 
@@ -166,11 +159,7 @@ pub fn cache_file_name(module: &str, key: &str, arch: &str) -> String {
 
 /// The kernel cache directory of this process's environment (see [`cache_dir_from`]).
 pub fn default_cache_dir() -> Option<PathBuf> {
-    cache_dir_from(
-        std::env::var_os("FERROTUNE_CACHE"),
-        std::env::var_os("XDG_CACHE_HOME"),
-        std::env::var_os("HOME"),
-    )
+    cache_dir_from(std::env::var_os("FERROTUNE_CACHE"), std::env::var_os("XDG_CACHE_HOME"), std::env::var_os("HOME"))
 }
 
 /// The kernel cache directory given the values of `FERROTUNE_CACHE`, `XDG_CACHE_HOME` and
@@ -213,18 +202,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .and_then(|()| std::fs::rename(&tmp, path));
     written.map_err(|source| {
         let _ = std::fs::remove_file(&tmp);
-        Error::CacheIo {
-            path: path.to_path_buf(),
-            source,
-        }
+        Error::CacheIo { path: path.to_path_buf(), source }
     })
 }
 
 /// The cubin stored at `path`, or `None` if it is missing, unreadable or not an ELF file.
 pub fn read_cached(path: &Path) -> Option<Vec<u8>> {
-    std::fs::read(path)
-        .ok()
-        .filter(|bytes| bytes.starts_with(ELF_MAGIC))
+    std::fs::read(path).ok().filter(|bytes| bytes.starts_with(ELF_MAGIC))
 }
 
 /// The version of the loadable libnvrtc, e.g. `(13, 0)`.
@@ -232,34 +216,24 @@ pub fn nvrtc_version() -> Result<(u32, u32)> {
     CudaLibrary::Nvrtc.call("nvrtcVersion", || {
         let (mut major, mut minor) = (0, 0);
         // SAFETY: plain out-parameters.
-        unsafe { nvrtc_sys::nvrtcVersion(&mut major, &mut minor) }
-            .result()
-            .map_err(|source| Error::Nvrtc {
-                during: "nvrtcVersion",
-                file: "-",
-                source,
-            })?;
+        unsafe { nvrtc_sys::nvrtcVersion(&mut major, &mut minor) }.result().map_err(|source| Error::Nvrtc {
+            during: "nvrtcVersion",
+            file: "-",
+            source,
+        })?;
         Ok((major as u32, minor as u32))
     })
 }
 
 /// The cubin of `module` for `arch` (e.g. `sm_90`): from memory, else from `cache_dir`, else
 /// compiled by NVRTC (then kept in memory and written to `cache_dir`).
-pub fn compile_module(
-    module: &KernelModule,
-    arch: &str,
-    cache_dir: Option<&Path>,
-) -> Result<CompiledModule> {
+pub fn compile_module(module: &KernelModule, arch: &str, cache_dir: Option<&Path>) -> Result<CompiledModule> {
     compile_with(module, arch, cache_dir, true)
 }
 
 /// Compiles `module` with NVRTC even if a cached copy exists, replacing the memory and disk
 /// copies (used when a cached cubin fails to load).
-pub(crate) fn recompile_module(
-    module: &KernelModule,
-    arch: &str,
-    cache_dir: Option<&Path>,
-) -> Result<CompiledModule> {
+pub(crate) fn recompile_module(module: &KernelModule, arch: &str, cache_dir: Option<&Path>) -> Result<CompiledModule> {
     compile_with(module, arch, cache_dir, false)
 }
 
@@ -273,16 +247,8 @@ fn compile_with(
     let key = cache_key(module, &options, nvrtc_version()?);
     let disk_path = cache_dir.map(|dir| dir.join(cache_file_name(module.name, &key, arch)));
     let (image, source, disk_error) =
-        lookup_or_build(&MEMORY, &key, disk_path.as_deref(), use_cached, || {
-            nvrtc_compile(module, arch, &options)
-        })?;
-    Ok(CompiledModule {
-        image,
-        source,
-        key,
-        disk_path,
-        disk_error,
-    })
+        lookup_or_build(&MEMORY, &key, disk_path.as_deref(), use_cached, || nvrtc_compile(module, arch, &options))?;
+    Ok(CompiledModule { image, source, key, disk_path, disk_error })
 }
 
 /// A map from cache key to cubin, filled on first use.
@@ -299,9 +265,7 @@ fn lookup_or_build(
     use_cached: bool,
     build: impl FnOnce() -> Result<Vec<u8>>,
 ) -> Result<(Arc<Vec<u8>>, CacheSource, Option<String>)> {
-    let mut guard = memory
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut guard = memory.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let map = guard.get_or_insert_with(HashMap::new);
     if use_cached {
         if let Some(image) = map.get(key) {
@@ -318,9 +282,7 @@ fn lookup_or_build(
     let image = Arc::new(build()?);
     COMPILES.fetch_add(1, Ordering::Relaxed);
     map.insert(key.to_string(), image.clone());
-    let disk_error = disk_path
-        .and_then(|path| write_atomic(path, &image).err())
-        .map(|e| e.to_string());
+    let disk_error = disk_path.and_then(|path| write_atomic(path, &image).err()).map(|e| e.to_string());
     Ok((image, CacheSource::Compiled, disk_error))
 }
 
@@ -349,13 +311,7 @@ fn c_string(module: &KernelModule, arch: &str, what: &str, s: &str) -> Result<CS
 fn nvrtc_compile(module: &KernelModule, arch: &str, options: &[String]) -> Result<Vec<u8>> {
     let during = format!("compiling {} for {arch}", module.file);
     CudaLibrary::Nvrtc.call(&during, || {
-        let nvrtc_err = |during: &'static str| {
-            move |source| Error::Nvrtc {
-                during,
-                file: module.file,
-                source,
-            }
-        };
+        let nvrtc_err = |during: &'static str| move |source| Error::Nvrtc { during, file: module.file, source };
         let source = c_string(module, arch, "the source", module.source)?;
         let file = c_string(module, arch, "the file name", module.file)?;
         let mut header_sources = Vec::new();
@@ -364,10 +320,8 @@ fn nvrtc_compile(module: &KernelModule, arch: &str, options: &[String]) -> Resul
             header_sources.push(c_string(module, arch, header.name, header.source)?);
             header_names.push(c_string(module, arch, "a header name", header.name)?);
         }
-        let header_source_ptrs: Vec<*const c_char> =
-            header_sources.iter().map(|s| s.as_ptr()).collect();
-        let header_name_ptrs: Vec<*const c_char> =
-            header_names.iter().map(|s| s.as_ptr()).collect();
+        let header_source_ptrs: Vec<*const c_char> = header_sources.iter().map(|s| s.as_ptr()).collect();
+        let header_name_ptrs: Vec<*const c_char> = header_names.iter().map(|s| s.as_ptr()).collect();
 
         let mut raw = std::ptr::null_mut();
         // SAFETY: every pointer refers to a live NUL-terminated string; the arrays hold
@@ -392,20 +346,11 @@ fn nvrtc_compile(module: &KernelModule, arch: &str, options: &[String]) -> Resul
             // SAFETY: as above.
             let log = unsafe { nvrtc::get_program_log(program.0) }
                 .map(|raw| {
-                    let bytes: Vec<u8> = raw
-                        .iter()
-                        .map(|&c| c as u8)
-                        .take_while(|&b| b != 0)
-                        .collect();
+                    let bytes: Vec<u8> = raw.iter().map(|&c| c as u8).take_while(|&b| b != 0).collect();
                     String::from_utf8_lossy(&bytes).into_owned()
                 })
                 .unwrap_or_else(|e| format!("(no log: {e})"));
-            return Err(Error::Compile {
-                file: module.file,
-                arch: arch.to_string(),
-                options: options.to_vec(),
-                log,
-            });
+            return Err(Error::Compile { file: module.file, arch: arch.to_string(), options: options.to_vec(), log });
         }
 
         let mut size = 0usize;
@@ -442,14 +387,8 @@ mod tests {
         let opts = compile_options("sm_90", &[PathBuf::from("/usr/local/cuda/include")]);
         let key = cache_key(&RMS_NORM, &opts, (13, 0));
         assert_eq!(key.len(), 64);
-        assert!(key
-            .chars()
-            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
-        assert_eq!(
-            key,
-            cache_key(&RMS_NORM, &opts, (13, 0)),
-            "not deterministic"
-        );
+        assert!(key.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert_eq!(key, cache_key(&RMS_NORM, &opts, (13, 0)), "not deterministic");
 
         let other_arch = compile_options("sm_80", &[PathBuf::from("/usr/local/cuda/include")]);
         let mut edited = RMS_NORM;
@@ -471,27 +410,14 @@ mod tests {
     #[test]
     fn cache_key_matches_a_known_sha256() {
         // SHA-256 of the empty string, to pin the hash function itself.
-        let empty: String = Sha256::digest(b"")
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        assert_eq!(
-            empty,
-            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-        );
+        let empty: String = Sha256::digest(b"").iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(empty, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
     }
 
     #[test]
     fn options_name_arch_std_and_includes() {
         let opts = compile_options("sm_90", &[PathBuf::from("/x/include")]);
-        assert_eq!(
-            opts,
-            [
-                "--gpu-architecture=sm_90",
-                "--std=c++17",
-                "--include-path=/x/include"
-            ]
-        );
+        assert_eq!(opts, ["--gpu-architecture=sm_90", "--std=c++17", "--include-path=/x/include"]);
         assert_eq!(arch_name((9, 0)), "sm_90");
         assert_eq!(arch_name((12, 1)), "sm_121");
     }
@@ -499,27 +425,15 @@ mod tests {
     #[test]
     fn cache_file_name_has_module_key_prefix_and_arch() {
         let key = "0123456789abcdef0123456789abcdef";
-        assert_eq!(
-            cache_file_name("rms_norm", key, "sm_90"),
-            "rms_norm-0123456789abcdef-sm_90.cubin"
-        );
+        assert_eq!(cache_file_name("rms_norm", key, "sm_90"), "rms_norm-0123456789abcdef-sm_90.cubin");
     }
 
     #[test]
     fn cache_dir_precedence() {
         let s = |v: &str| Some(OsString::from(v));
-        assert_eq!(
-            cache_dir_from(s("/c"), s("/x"), s("/h")),
-            Some(PathBuf::from("/c/kernels"))
-        );
-        assert_eq!(
-            cache_dir_from(s(""), s("/x"), s("/h")),
-            Some(PathBuf::from("/x/ferrotune/kernels"))
-        );
-        assert_eq!(
-            cache_dir_from(None, None, s("/h")),
-            Some(PathBuf::from("/h/.cache/ferrotune/kernels"))
-        );
+        assert_eq!(cache_dir_from(s("/c"), s("/x"), s("/h")), Some(PathBuf::from("/c/kernels")));
+        assert_eq!(cache_dir_from(s(""), s("/x"), s("/h")), Some(PathBuf::from("/x/ferrotune/kernels")));
+        assert_eq!(cache_dir_from(None, None, s("/h")), Some(PathBuf::from("/h/.cache/ferrotune/kernels")));
         assert_eq!(cache_dir_from(None, s(""), None), None);
     }
 
@@ -531,15 +445,9 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), b"\x7fELF first");
         write_atomic(&path, b"\x7fELF second").unwrap();
         assert_eq!(read_cached(&path).unwrap(), b"\x7fELF second");
-        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(
-            names,
-            [OsString::from("m-abc-sm_90.cubin")],
-            "temp files left"
-        );
+        let names: Vec<_> =
+            std::fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, [OsString::from("m-abc-sm_90.cubin")], "temp files left");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -585,32 +493,25 @@ mod tests {
         assert_eq!(*image, fake);
         assert_eq!(std::fs::read(&path).unwrap(), fake);
         // Same process again: memory.
-        let (_, source, _) =
-            lookup_or_build(&first_process, "k", Some(&path), true, || build(&mut calls)).unwrap();
+        let (_, source, _) = lookup_or_build(&first_process, "k", Some(&path), true, || build(&mut calls)).unwrap();
         assert_eq!((source, calls), (CacheSource::Memory, 1));
 
         // A fresh process (empty memory): the disk.
         let second_process = MemoryCache::new(None);
-        let (image, source, _) = lookup_or_build(&second_process, "k", Some(&path), true, || {
-            build(&mut calls)
-        })
-        .unwrap();
+        let (image, source, _) =
+            lookup_or_build(&second_process, "k", Some(&path), true, || build(&mut calls)).unwrap();
         assert_eq!((source, calls), (CacheSource::Disk, 1));
         assert_eq!(*image, fake);
 
         // A corrupt file is ignored and rewritten.
         std::fs::write(&path, b"garbage").unwrap();
         let third_process = MemoryCache::new(None);
-        let (_, source, _) =
-            lookup_or_build(&third_process, "k", Some(&path), true, || build(&mut calls)).unwrap();
+        let (_, source, _) = lookup_or_build(&third_process, "k", Some(&path), true, || build(&mut calls)).unwrap();
         assert_eq!((source, calls), (CacheSource::Compiled, 2));
         assert_eq!(std::fs::read(&path).unwrap(), fake);
 
         // Forced rebuild skips both caches.
-        let (_, source, _) = lookup_or_build(&third_process, "k", Some(&path), false, || {
-            build(&mut calls)
-        })
-        .unwrap();
+        let (_, source, _) = lookup_or_build(&third_process, "k", Some(&path), false, || build(&mut calls)).unwrap();
         assert_eq!((source, calls), (CacheSource::Compiled, 3));
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -632,14 +533,10 @@ mod tests {
     fn build_errors_are_returned_and_nothing_is_cached() {
         let memory = MemoryCache::new(None);
         let failed = lookup_or_build(&memory, "k", None, true, || {
-            Err(Error::InvalidArgument {
-                kernel: "k".into(),
-                message: "boom".into(),
-            })
+            Err(Error::InvalidArgument { kernel: "k".into(), message: "boom".into() })
         });
         assert!(failed.is_err());
-        let (_, source, _) =
-            lookup_or_build(&memory, "k", None, true, || Ok(b"\x7fELF".to_vec())).unwrap();
+        let (_, source, _) = lookup_or_build(&memory, "k", None, true, || Ok(b"\x7fELF".to_vec())).unwrap();
         assert_eq!(source, CacheSource::Compiled);
     }
 
@@ -650,16 +547,7 @@ mod tests {
             return;
         }
         let err = compile_module(&RMS_NORM, "sm_90", None).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                Error::LibraryNotFound {
-                    lib: "libnvrtc",
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, Error::LibraryNotFound { lib: "libnvrtc", .. }), "{err}");
         assert!(err.to_string().contains("libnvrtc"), "{err}");
     }
 }

@@ -146,9 +146,6 @@ pub(crate) trait DriverContext<T> {
 
 impl<T> DriverContext<T> for std::result::Result<T, cudarc::driver::DriverError> {
     fn during(self, during: &str) -> Result<T> {
-        self.map_err(|source| Error::Driver {
-            during: during.to_string(),
-            source,
-        })
+        self.map_err(|source| Error::Driver { during: during.to_string(), source })
     }
 }

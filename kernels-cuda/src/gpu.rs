@@ -79,9 +79,7 @@ fn attribute(ctx: &CudaContext, attr: CUdevice_attribute, during: &str) -> Resul
 
 /// The compute capability of a context's device.
 fn compute_capability(ctx: &CudaContext) -> Result<(u32, u32)> {
-    let (major, minor) = ctx
-        .compute_capability()
-        .during("reading the compute capability")?;
+    let (major, minor) = ctx.compute_capability().during("reading the compute capability")?;
     Ok((major.max(0) as u32, minor.max(0) as u32))
 }
 
@@ -160,10 +158,7 @@ impl Gpu {
     /// `module` loaded on this device: compiled (or taken from a cache) and loaded on first call,
     /// then kept. Module names must be unique.
     pub fn module(&self, module: &KernelModule) -> Result<Arc<LoadedModule>> {
-        let mut modules = self
-            .modules
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut modules = self.modules.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(loaded) = modules.get(module.name) {
             return Ok(loaded.clone());
         }
@@ -174,14 +169,10 @@ impl Gpu {
 
     /// The kernel `name` of `module`, loading the module if needed.
     pub fn kernel(&self, module: &KernelModule, name: &str) -> Result<CudaFunction> {
-        self.module(module)?
-            .kernels
-            .get(name)
-            .cloned()
-            .ok_or_else(|| Error::InvalidArgument {
-                kernel: name.to_string(),
-                message: format!("not a kernel of module {} ({})", module.name, module.file),
-            })
+        self.module(module)?.kernels.get(name).cloned().ok_or_else(|| Error::InvalidArgument {
+            kernel: name.to_string(),
+            message: format!("not a kernel of module {} ({})", module.name, module.file),
+        })
     }
 
     /// Compiles or fetches `module`'s cubin and loads it; a cached cubin that the driver rejects
@@ -202,15 +193,12 @@ impl Gpu {
         CudaLibrary::Driver.call(&during, || {
             let mut kernels = HashMap::new();
             for &kernel in module.kernels {
-                let function =
-                    cuda_module
-                        .load_function(kernel)
-                        .map_err(|source| Error::MissingKernel {
-                            kernel: kernel.to_string(),
-                            module: module.name,
-                            file: module.file,
-                            source,
-                        })?;
+                let function = cuda_module.load_function(kernel).map_err(|source| Error::MissingKernel {
+                    kernel: kernel.to_string(),
+                    module: module.name,
+                    file: module.file,
+                    source,
+                })?;
                 kernels.insert(kernel, function);
             }
             Ok(LoadedModule {
@@ -227,9 +215,7 @@ impl Gpu {
     /// Loads a cubin into this context.
     fn load_image(&self, compiled: &CompiledModule) -> Result<Arc<CudaModule>> {
         CudaLibrary::Driver.call("loading a cubin", || {
-            self.ctx
-                .load_module(Ptx::from_binary(compiled.image.to_vec()))
-                .during("cuModuleLoadData")
+            self.ctx.load_module(Ptx::from_binary(compiled.image.to_vec())).during("cuModuleLoadData")
         })
     }
 }
@@ -277,17 +263,14 @@ pub struct GpuInfo {
 /// Fails only when libcuda cannot be loaded or the driver errs; a driver without devices gives
 /// an empty `devices`, a missing libnvrtc or libcublas a `None` version (see `libraries`).
 pub fn probe() -> Result<GpuInfo> {
-    let (driver_cuda_version, devices) =
-        CudaLibrary::Driver.call("probing CUDA devices", || {
-            let mut version = 0;
-            // SAFETY: plain out-parameter.
-            unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut version) }
-                .result()
-                .during("cuDriverGetVersion")?;
-            let count = device_count()?;
-            let devices = (0..count).map(probe_device).collect::<Result<Vec<_>>>()?;
-            Ok((split_version(version), devices))
-        })?;
+    let (driver_cuda_version, devices) = CudaLibrary::Driver.call("probing CUDA devices", || {
+        let mut version = 0;
+        // SAFETY: plain out-parameter.
+        unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut version) }.result().during("cuDriverGetVersion")?;
+        let count = device_count()?;
+        let devices = (0..count).map(probe_device).collect::<Result<Vec<_>>>()?;
+        Ok((split_version(version), devices))
+    })?;
     Ok(GpuInfo {
         driver_cuda_version,
         kernel_driver_version: kernel_driver_version(),
@@ -353,10 +336,7 @@ fn cublas_version() -> Result<(u32, u32, u32)> {
             // SAFETY: plain out-parameter.
             let status = unsafe { cublasGetProperty(kind, &mut value) };
             if status != cublasStatus_t::CUBLAS_STATUS_SUCCESS {
-                return Err(Error::Cublas {
-                    during: "cublasGetProperty".to_string(),
-                    status: format!("{status:?}"),
-                });
+                return Err(Error::Cublas { during: "cublasGetProperty".to_string(), status: format!("{status:?}") });
             }
             *part = value.max(0) as u32;
         }
@@ -366,9 +346,7 @@ fn cublas_version() -> Result<(u32, u32, u32)> {
 
 impl std::fmt::Display for GpuInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let version = |v: Option<(u32, u32)>| {
-            v.map_or("not loadable".to_string(), |(a, b)| format!("{a}.{b}"))
-        };
+        let version = |v: Option<(u32, u32)>| v.map_or("not loadable".to_string(), |(a, b)| format!("{a}.{b}"));
         writeln!(
             f,
             "CUDA driver: supports CUDA {}.{} (kernel module {})",
@@ -380,10 +358,7 @@ impl std::fmt::Display for GpuInfo {
         writeln!(
             f,
             "cuBLAS: {}",
-            self.cublas_version
-                .map_or("not loadable".to_string(), |(a, b, c)| format!(
-                    "{a}.{b}.{c}"
-                ))
+            self.cublas_version.map_or("not loadable".to_string(), |(a, b, c)| format!("{a}.{b}.{c}"))
         )?;
         if self.devices.is_empty() {
             writeln!(f, "devices: none")?;
@@ -404,10 +379,7 @@ impl std::fmt::Display for GpuInfo {
             )?;
         }
         for lib in &self.libraries {
-            let path = lib
-                .path
-                .as_ref()
-                .map_or("not found".to_string(), |p| p.display().to_string());
+            let path = lib.path.as_ref().map_or("not found".to_string(), |p| p.display().to_string());
             let state = match (lib.loaded, lib.loadable) {
                 (true, _) => "loaded",
                 (false, true) => "loadable",
@@ -430,10 +402,7 @@ mod tests {
             return;
         }
         let err = Gpu::new(0).expect_err("Gpu::new(0) succeeded without libcuda");
-        assert!(
-            matches!(err, Error::LibraryNotFound { lib: "libcuda", .. }),
-            "{err}"
-        );
+        assert!(matches!(err, Error::LibraryNotFound { lib: "libcuda", .. }), "{err}");
         let message = err.to_string();
         assert!(message.contains("libcuda"), "{message}");
         assert!(message.contains("libcuda.so.1"), "{message}");
@@ -467,10 +436,7 @@ mod tests {
     #[test]
     fn kernel_driver_version_is_parsed() {
         let text = "NVRM version: NVIDIA UNIX x86_64 Kernel Module  580.65.06  Sun Jul 27 07:09:58 UTC 2025\nGCC version:  gcc version 13.3.0\n";
-        assert_eq!(
-            parse_kernel_driver_version(text).as_deref(),
-            Some("580.65.06")
-        );
+        assert_eq!(parse_kernel_driver_version(text).as_deref(), Some("580.65.06"));
         assert_eq!(parse_kernel_driver_version("GCC version: 13.3"), None);
     }
 

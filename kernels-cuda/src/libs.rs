@@ -30,8 +30,7 @@ pub enum CudaLibrary {
 
 impl CudaLibrary {
     /// Every library, in the order they are needed.
-    pub const ALL: [CudaLibrary; 3] =
-        [CudaLibrary::Driver, CudaLibrary::Nvrtc, CudaLibrary::Cublas];
+    pub const ALL: [CudaLibrary; 3] = [CudaLibrary::Driver, CudaLibrary::Nvrtc, CudaLibrary::Cublas];
 
     /// The file's base name without suffix, e.g. `libcuda`.
     pub fn base_name(self) -> &'static str {
@@ -53,10 +52,7 @@ impl CudaLibrary {
 
     /// The file names cudarc tries, in its order (e.g. `libcuda.so`, …, `libcuda.so.1`).
     pub fn candidates(self) -> Vec<String> {
-        self.cudarc_names()
-            .iter()
-            .flat_map(|name| cudarc::get_lib_name_candidates(name))
-            .collect()
+        self.cudarc_names().iter().flat_map(|name| cudarc::get_lib_name_candidates(name)).collect()
     }
 
     /// Whether cudarc will be able to open this library (tries each candidate with `dlopen`).
@@ -95,11 +91,7 @@ impl CudaLibrary {
                 .cloned()
                 .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "unknown panic".to_string());
-            Err(Error::LibraryPanic {
-                lib: self.base_name(),
-                during: during.to_string(),
-                message,
-            })
+            Err(Error::LibraryPanic { lib: self.base_name(), during: during.to_string(), message })
         })
     }
 
@@ -210,12 +202,8 @@ mod tests {
         let names = CudaLibrary::Driver.candidates();
         assert!(names.contains(&"libcuda.so".to_string()), "{names:?}");
         assert!(names.contains(&"libcuda.so.1".to_string()), "{names:?}");
-        assert!(CudaLibrary::Nvrtc
-            .candidates()
-            .contains(&"libnvrtc.so".to_string()));
-        assert!(CudaLibrary::Cublas
-            .candidates()
-            .contains(&"libcublas.so".to_string()));
+        assert!(CudaLibrary::Nvrtc.candidates().contains(&"libnvrtc.so".to_string()));
+        assert!(CudaLibrary::Cublas.candidates().contains(&"libcublas.so".to_string()));
     }
 
     #[test]

@@ -29,10 +29,7 @@ pub struct KernelModule {
 }
 
 /// `kernels/common.cuh`: f32/bf16 conversions, vector packs, warp and block reductions.
-pub const COMMON: Header = Header {
-    name: "common.cuh",
-    source: include_str!("../kernels/common.cuh"),
-};
+pub const COMMON: Header = Header { name: "common.cuh", source: include_str!("../kernels/common.cuh") };
 
 /// `kernels/rms_norm.cu`: row-wise RMSNorm forward (y and 1/rms) and backward (dx only).
 pub const RMS_NORM: KernelModule = KernelModule {
@@ -40,12 +37,7 @@ pub const RMS_NORM: KernelModule = KernelModule {
     file: "rms_norm.cu",
     source: include_str!("../kernels/rms_norm.cu"),
     headers: &[COMMON],
-    kernels: &[
-        "rms_norm_fwd_f32",
-        "rms_norm_fwd_bf16",
-        "rms_norm_bwd_f32",
-        "rms_norm_bwd_bf16",
-    ],
+    kernels: &["rms_norm_fwd_f32", "rms_norm_fwd_bf16", "rms_norm_bwd_f32", "rms_norm_bwd_bf16"],
 };
 
 /// `kernels/elementwise.cu`: f32 <-> bf16 casts, `add` and `scale`.
@@ -96,12 +88,7 @@ pub const EMBEDDING: KernelModule = KernelModule {
     file: "embedding.cu",
     source: include_str!("../kernels/embedding.cu"),
     headers: &[COMMON],
-    kernels: &[
-        "embedding_fwd_f32",
-        "embedding_fwd_bf16",
-        "embedding_bwd_f32",
-        "embedding_bwd_bf16",
-    ],
+    kernels: &["embedding_fwd_f32", "embedding_fwd_bf16", "embedding_bwd_f32", "embedding_bwd_bf16"],
 };
 
 /// `kernels/cross_entropy.cu`: per-row logsumexp and loss (label -100 ignored), the gradient in
@@ -180,21 +167,17 @@ pub const ATTENTION: KernelModule = KernelModule {
 };
 
 /// `kernels/adamw.cu`: AdamW steps (f32 masters; f32 or blockwise 8-bit moments; f32 or bf16 grads).
-pub const ADAMW: KernelModule = KernelModule { name: "adamw", file: "adamw.cu", source: include_str!("../kernels/adamw.cu"), headers: &[COMMON], kernels: &["adamw_f32_gf32", "adamw_f32_gbf16", "adamw_8bit_gf32", "adamw_8bit_gbf16"] };
+pub const ADAMW: KernelModule = KernelModule {
+    name: "adamw",
+    file: "adamw.cu",
+    source: include_str!("../kernels/adamw.cu"),
+    headers: &[COMMON],
+    kernels: &["adamw_f32_gf32", "adamw_f32_gbf16", "adamw_8bit_gf32", "adamw_8bit_gbf16"],
+};
 
 /// Every module shipped with the crate.
-pub const MODULES: &[KernelModule] = &[
-    COPY,
-    RMS_NORM,
-    ELEMENTWISE,
-    ROPE,
-    SWIGLU,
-    EMBEDDING,
-    CROSS_ENTROPY,
-    NF4,
-    ATTENTION,
-    ADAMW,
-];
+pub const MODULES: &[KernelModule] =
+    &[COPY, RMS_NORM, ELEMENTWISE, ROPE, SWIGLU, EMBEDDING, CROSS_ENTROPY, NF4, ATTENTION, ADAMW];
 
 #[cfg(test)]
 mod tests {
@@ -205,22 +188,10 @@ mod tests {
         for module in MODULES {
             for kernel in module.kernels {
                 let decl = format!("extern \"C\" __global__ void {kernel}(");
-                assert!(
-                    module.source.contains(&decl),
-                    "{} does not define `{decl}`",
-                    module.file
-                );
+                assert!(module.source.contains(&decl), "{} does not define `{decl}`", module.file);
             }
-            let defined = module
-                .source
-                .matches("extern \"C\" __global__ void ")
-                .count();
-            assert_eq!(
-                defined,
-                module.kernels.len(),
-                "{} defines kernels missing from its list",
-                module.file
-            );
+            let defined = module.source.matches("extern \"C\" __global__ void ").count();
+            assert_eq!(defined, module.kernels.len(), "{} defines kernels missing from its list", module.file);
         }
     }
 

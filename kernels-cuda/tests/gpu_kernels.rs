@@ -36,9 +36,7 @@ const CHILD_ENV: &str = "FERROTUNE_TEST_CACHE_CHILD";
 
 /// A per-process kernel cache directory, so tests never share files with other runs.
 fn test_cache_dir() -> PathBuf {
-    std::env::temp_dir()
-        .join(format!("ferrotune-gpu-tests-{}", std::process::id()))
-        .join("kernels")
+    std::env::temp_dir().join(format!("ferrotune-gpu-tests-{}", std::process::id())).join("kernels")
 }
 
 /// The device shared by the tests of this process, or `None` (with a printed reason) when there
@@ -149,9 +147,7 @@ fn widen<T: TestFloat>(v: &[T]) -> Vec<f64> {
 }
 
 fn upload<T: TestFloat>(gpu: &Gpu, v: &[T]) -> CudaSlice<T> {
-    gpu.stream()
-        .clone_htod(v)
-        .unwrap_or_else(|e| panic!("upload of {} {}: {e}", v.len(), T::NAME))
+    gpu.stream().clone_htod(v).unwrap_or_else(|e| panic!("upload of {} {}: {e}", v.len(), T::NAME))
 }
 
 /// A device buffer of `n` NaNs: any element the kernel leaves unwritten fails the comparison.
@@ -160,23 +156,13 @@ fn poisoned<T: TestFloat>(gpu: &Gpu, n: usize) -> CudaSlice<T> {
 }
 
 fn download<T: TestFloat>(gpu: &Gpu, d: &CudaSlice<T>) -> Vec<T> {
-    gpu.stream()
-        .clone_dtoh(d)
-        .unwrap_or_else(|e| panic!("download of {} {}: {e}", d.len(), T::NAME))
+    gpu.stream().clone_dtoh(d).unwrap_or_else(|e| panic!("download of {} {}: {e}", d.len(), T::NAME))
 }
 
 /// Asserts `|got - want| <= atol + rtol * scale` everywhere (NaN fails), listing the first
 /// failures with their (row, column) in a `width`-wide layout.
 #[allow(clippy::too_many_arguments)]
-fn assert_close(
-    what: &str,
-    got: &[f64],
-    want: &[f64],
-    scale: &[f64],
-    width: usize,
-    atol: f64,
-    rtol: f64,
-) {
+fn assert_close(what: &str, got: &[f64], want: &[f64], scale: &[f64], width: usize, atol: f64, rtol: f64) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     let mut failures = Vec::new();
     let (mut max_abs, mut max_rel) = (0.0f64, 0.0f64);
@@ -215,21 +201,12 @@ fn assert_close(
             listed.join("\n")
         );
     }
-    println!(
-        "{what}: ok ({} elements, max abs err {max_abs:e}, max rel err {max_rel:e})",
-        got.len()
-    );
+    println!("{what}: ok ({} elements, max abs err {max_abs:e}, max rel err {max_rel:e})", got.len());
 }
 
 /// RMSNorm forward in f64: (y, rstd). Plain index loops, to read like the kernel.
 #[allow(clippy::needless_range_loop)]
-fn rms_norm_fwd_ref(
-    x: &[f64],
-    w: &[f64],
-    rows: usize,
-    width: usize,
-    eps: f64,
-) -> (Vec<f64>, Vec<f64>) {
+fn rms_norm_fwd_ref(x: &[f64], w: &[f64], rows: usize, width: usize, eps: f64) -> (Vec<f64>, Vec<f64>) {
     let mut y = vec![0.0; rows * width];
     let mut rstd = vec![0.0; rows];
     for r in 0..rows {
@@ -245,14 +222,7 @@ fn rms_norm_fwd_ref(
 
 /// RMSNorm backward (dx only) in f64, given the saved rstd: (dx, per-element error scale).
 #[allow(clippy::needless_range_loop)]
-fn rms_norm_bwd_ref(
-    x: &[f64],
-    w: &[f64],
-    rstd: &[f64],
-    dy: &[f64],
-    rows: usize,
-    width: usize,
-) -> (Vec<f64>, Vec<f64>) {
+fn rms_norm_bwd_ref(x: &[f64], w: &[f64], rstd: &[f64], dy: &[f64], rows: usize, width: usize) -> (Vec<f64>, Vec<f64>) {
     let mut dx = vec![0.0; rows * width];
     let mut scale = vec![0.0; rows * width];
     for r in 0..rows {
@@ -277,23 +247,13 @@ fn cuda_probe_reports_the_device() {
     let Some(gpu) = gpu() else { return };
     let info = probe().unwrap_or_else(|e| panic!("probe() failed with a device present: {e}"));
     println!("{info}");
-    let device = info
-        .devices
-        .first()
-        .unwrap_or_else(|| panic!("probe() lists no device: {info:?}"));
+    let device = info.devices.first().unwrap_or_else(|| panic!("probe() lists no device: {info:?}"));
     assert_eq!(device.compute_capability, gpu.compute_capability());
     assert_eq!(device.arch, gpu.arch());
     assert_eq!(device.bf16, device.compute_capability.0 >= 8);
-    assert!(
-        device.total_memory >= device.free_memory && device.free_memory > 0,
-        "{device:?}"
-    );
+    assert!(device.total_memory >= device.free_memory && device.free_memory > 0, "{device:?}");
     assert!(info.nvrtc_version.is_some(), "NVRTC not loadable: {info:?}");
-    let libcuda = info
-        .libraries
-        .iter()
-        .find(|l| l.library == CudaLibrary::Driver)
-        .unwrap();
+    let libcuda = info.libraries.iter().find(|l| l.library == CudaLibrary::Driver).unwrap();
     assert!(libcuda.loaded && libcuda.path.is_some(), "{libcuda:?}");
 }
 
@@ -304,21 +264,12 @@ fn cuda_nvrtc_compiles_every_module_without_a_device() {
     if nvrtc_arch().is_none() {
         return;
     }
-    println!(
-        "NVRTC {:?}, include dirs {:?}",
-        compile::nvrtc_version().unwrap(),
-        compile::include_dirs()
-    );
+    println!("NVRTC {:?}, include dirs {:?}", compile::nvrtc_version().unwrap(), compile::include_dirs());
     for arch in ["sm_80", "sm_90"] {
         for module in MODULES {
             let compiled = compile::compile_module(module, arch, None)
                 .unwrap_or_else(|e| panic!("{} for {arch}: {e}", module.file));
-            println!(
-                "{} for {arch}: {} bytes ({})",
-                module.file,
-                compiled.image.len(),
-                compiled.source
-            );
+            println!("{} for {arch}: {} bytes ({})", module.file, compiled.image.len(), compiled.source);
             assert!(compiled.image.starts_with(b"\x7fELF"), "not a cubin");
         }
     }
@@ -328,9 +279,7 @@ fn cuda_nvrtc_compiles_every_module_without_a_device() {
 fn cuda_modules_compile_and_load() {
     let Some(gpu) = gpu() else { return };
     for module in MODULES {
-        let loaded = gpu
-            .module(module)
-            .unwrap_or_else(|e| panic!("module {} failed: {e}", module.name));
+        let loaded = gpu.module(module).unwrap_or_else(|e| panic!("module {} failed: {e}", module.name));
         println!(
             "{} for {}: {} in {:.1} ms, cache file {:?}, write error {:?}",
             module.file,
@@ -343,11 +292,7 @@ fn cuda_modules_compile_and_load() {
         assert_eq!(loaded.kernels.len(), module.kernels.len());
         assert!(loaded.disk_error.is_none(), "{:?}", loaded.disk_error);
         let path = loaded.disk_path.as_ref().expect("a cache dir was given");
-        assert!(
-            compile::read_cached(path).is_some(),
-            "no cubin at {}",
-            path.display()
-        );
+        assert!(compile::read_cached(path).is_some(), "no cubin at {}", path.display());
     }
 }
 
@@ -355,8 +300,7 @@ fn cuda_modules_compile_and_load() {
 const CACHE_PROBE: KernelModule = KernelModule {
     name: "cache_probe",
     file: "cache_probe.cu",
-    source:
-        "extern \"C\" __global__ void cache_probe_fwd_f32(float *x) { x[threadIdx.x] = 1.0f; }\n",
+    source: "extern \"C\" __global__ void cache_probe_fwd_f32(float *x) { x[threadIdx.x] = 1.0f; }\n",
     headers: &[],
     kernels: &["cache_probe_fwd_f32"],
 };
@@ -366,12 +310,10 @@ fn cuda_second_compile_hits_memory_cache() {
     let Some(arch) = nvrtc_arch() else { return };
     let before = cache_stats();
     let t = Instant::now();
-    let first = compile::compile_module(&CACHE_PROBE, &arch, None)
-        .unwrap_or_else(|e| panic!("first compile: {e}"));
+    let first = compile::compile_module(&CACHE_PROBE, &arch, None).unwrap_or_else(|e| panic!("first compile: {e}"));
     let first_ms = t.elapsed().as_secs_f64() * 1e3;
     let t = Instant::now();
-    let second = compile::compile_module(&CACHE_PROBE, &arch, None)
-        .unwrap_or_else(|e| panic!("second compile: {e}"));
+    let second = compile::compile_module(&CACHE_PROBE, &arch, None).unwrap_or_else(|e| panic!("second compile: {e}"));
     let second_ms = t.elapsed().as_secs_f64() * 1e3;
     let after = cache_stats();
     println!(
@@ -382,10 +324,7 @@ fn cuda_second_compile_hits_memory_cache() {
     assert_eq!(second.source, CacheSource::Memory);
     // The counters are process-wide: other tests running in parallel may add to them.
     assert!(after.compiles > before.compiles && after.memory_hits > before.memory_hits);
-    assert!(
-        std::sync::Arc::ptr_eq(&first.image, &second.image),
-        "the second request did not get the first cubin"
-    );
+    assert!(std::sync::Arc::ptr_eq(&first.image, &second.image), "the second request did not get the first cubin");
     assert!(first.image.starts_with(b"\x7fELF"), "not a cubin");
 }
 
@@ -395,8 +334,7 @@ fn cuda_compile_error_names_the_file() {
     let broken = KernelModule {
         name: "broken",
         file: "broken.cu",
-        source:
-            "extern \"C\" __global__ void broken_fwd_f32(float *x) { x[0] = undefined_name; }\n",
+        source: "extern \"C\" __global__ void broken_fwd_f32(float *x) { x[0] = undefined_name; }\n",
         headers: &[],
         kernels: &["broken_fwd_f32"],
     };
@@ -413,23 +351,14 @@ fn cuda_compile_error_names_the_file() {
 fn run_child(root: &std::path::Path) -> Vec<(String, String, f64)> {
     let exe = std::env::current_exe().unwrap();
     let out = Command::new(&exe)
-        .args([
-            "cuda_disk_cache_child",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(["cuda_disk_cache_child", "--exact", "--nocapture", "--test-threads=1"])
         .env("FERROTUNE_CACHE", root)
         .env(CHILD_ENV, "1")
         .output()
         .unwrap_or_else(|e| panic!("running {}: {e}", exe.display()));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "child failed ({}):\n{stdout}\n{stderr}",
-        out.status
-    );
+    assert!(out.status.success(), "child failed ({}):\n{stdout}\n{stderr}", out.status);
     let lines: Vec<(String, String, f64)> = stdout
         .lines()
         // libtest may print "test cuda_disk_cache_child ... " on the same line.
@@ -439,11 +368,7 @@ fn run_child(root: &std::path::Path) -> Vec<(String, String, f64)> {
             (f[0].to_string(), f[1].to_string(), f[2].parse().unwrap())
         })
         .collect();
-    assert_eq!(
-        lines.len(),
-        MODULES.len(),
-        "child output:\n{stdout}\n{stderr}"
-    );
+    assert_eq!(lines.len(), MODULES.len(), "child output:\n{stdout}\n{stderr}");
     lines
 }
 
@@ -453,51 +378,29 @@ fn cuda_disk_cache_fresh_process() {
     let root = std::env::temp_dir().join(format!(
         "ferrotune-disk-cache-{}-{}",
         std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
     ));
-    let sources = |run: &[(String, String, f64)]| -> Vec<String> {
-        run.iter().map(|(_, s, _)| s.clone()).collect()
-    };
+    let sources = |run: &[(String, String, f64)]| -> Vec<String> { run.iter().map(|(_, s, _)| s.clone()).collect() };
 
     let first = run_child(&root);
     println!("fresh process, empty cache: {first:?}");
     assert!(sources(&first).iter().all(|s| s == "compiled"), "{first:?}");
-    let files: Vec<PathBuf> = std::fs::read_dir(root.join("kernels"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let files: Vec<PathBuf> = std::fs::read_dir(root.join("kernels")).unwrap().map(|e| e.unwrap().path()).collect();
     println!("cache files: {files:?}");
     assert_eq!(files.len(), MODULES.len(), "{files:?}");
-    assert!(files
-        .iter()
-        .all(|f| f.extension().is_some_and(|e| e == "cubin")));
+    assert!(files.iter().all(|f| f.extension().is_some_and(|e| e == "cubin")));
 
     let second = run_child(&root);
     println!("fresh process, warm cache: {second:?}");
     assert!(sources(&second).iter().all(|s| s == "disk"), "{second:?}");
 
     // A corrupt file is ignored, recompiled and rewritten.
-    let victim = files
-        .iter()
-        .find(|f| {
-            f.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("rms_norm-")
-        })
-        .unwrap();
+    let victim = files.iter().find(|f| f.file_name().unwrap().to_string_lossy().starts_with("rms_norm-")).unwrap();
     std::fs::write(victim, b"not a cubin").unwrap();
     let third = run_child(&root);
     println!("fresh process, corrupt rms_norm file: {third:?}");
     for (module, source, _) in &third {
-        let want = if module == "rms_norm" {
-            "compiled"
-        } else {
-            "disk"
-        };
+        let want = if module == "rms_norm" { "compiled" } else { "disk" };
         assert_eq!(source, want, "{module}: {third:?}");
     }
     assert!(compile::read_cached(victim).is_some(), "not rewritten");
@@ -511,18 +414,11 @@ fn cuda_disk_cache_fresh_process() {
     let fourth = run_child(&root);
     println!("fresh process, {other_arch} cubin in the {arch} rms_norm file: {fourth:?}");
     for (module, source, _) in &fourth {
-        let want = if module == "rms_norm" {
-            "compiled"
-        } else {
-            "disk"
-        };
+        let want = if module == "rms_norm" { "compiled" } else { "disk" };
         assert_eq!(source, want, "{module}: {fourth:?}");
     }
     let replaced = compile::read_cached(victim).expect("no cubin left");
-    assert!(
-        replaced != *foreign.image,
-        "the {other_arch} cubin was not replaced by the {arch} one"
-    );
+    assert!(replaced != *foreign.image, "the {other_arch} cubin was not replaced by the {arch} one");
     let _ = std::fs::remove_dir_all(&root);
 }
 
@@ -535,15 +431,8 @@ fn cuda_disk_cache_child() {
     }
     let gpu = Gpu::new(0).unwrap_or_else(|e| panic!("child could not open the GPU: {e}"));
     for module in MODULES {
-        let loaded = gpu
-            .module(module)
-            .unwrap_or_else(|e| panic!("child: module {}: {e}", module.name));
-        println!(
-            "CACHE-CHILD {} {} {:.3}",
-            module.name,
-            loaded.source,
-            loaded.load_time.as_secs_f64() * 1e3
-        );
+        let loaded = gpu.module(module).unwrap_or_else(|e| panic!("child: module {}: {e}", module.name));
+        println!("CACHE-CHILD {} {} {:.3}", module.name, loaded.source, loaded.load_time.as_secs_f64() * 1e3);
     }
     println!("child cache stats: {:?}", cache_stats());
 }
@@ -562,29 +451,12 @@ fn check_rms_norm_fwd<T: TestFloat>(gpu: &Gpu, seed: u64) {
         let mut drstd = poisoned::<f32>(gpu, rows);
         rms_norm_fwd(gpu, &dx, &dw, &mut dy, &mut drstd, rows, width, EPS)
             .unwrap_or_else(|e| panic!("{what}: launch: {e}"));
-        gpu.synchronize()
-            .unwrap_or_else(|e| panic!("{what}: kernel: {e}"));
+        gpu.synchronize().unwrap_or_else(|e| panic!("{what}: kernel: {e}"));
         let (y_ref, rstd_ref) = rms_norm_fwd_ref(&widen(&x), &widen(&w), rows, width, EPS as f64);
         let y = widen(&download(gpu, &dy));
         let rstd = widen(&download(gpu, &drstd));
-        assert_close(
-            &format!("{what} y"),
-            &y,
-            &y_ref,
-            &y_ref,
-            width,
-            T::ATOL,
-            T::RTOL,
-        );
-        assert_close(
-            &format!("{what} rstd"),
-            &rstd,
-            &rstd_ref,
-            &rstd_ref,
-            1,
-            1e-5,
-            1e-5,
-        );
+        assert_close(&format!("{what} y"), &y, &y_ref, &y_ref, width, T::ATOL, T::RTOL);
+        assert_close(&format!("{what} rstd"), &rstd, &rstd_ref, &rstd_ref, 1, 1e-5, 1e-5);
     }
 }
 
@@ -600,28 +472,14 @@ fn check_rms_norm_bwd<T: TestFloat>(gpu: &Gpu, seed: u64) {
         let (_, rstd64) = rms_norm_fwd_ref(&xf, &wf, rows, width, EPS as f64);
         let rstd: Vec<f32> = rstd64.iter().map(|&r| r as f32).collect();
         let rstd_used: Vec<f64> = rstd.iter().map(|&r| r as f64).collect();
-        let (d_x, d_w, d_rstd, d_g) = (
-            upload(gpu, &x),
-            upload(gpu, &w),
-            upload(gpu, &rstd),
-            upload(gpu, &g),
-        );
+        let (d_x, d_w, d_rstd, d_g) = (upload(gpu, &x), upload(gpu, &w), upload(gpu, &rstd), upload(gpu, &g));
         let mut d_dx = poisoned::<T>(gpu, rows * width);
         rms_norm_bwd(gpu, &d_x, &d_w, &d_rstd, &d_g, &mut d_dx, rows, width)
             .unwrap_or_else(|e| panic!("{what}: launch: {e}"));
-        gpu.synchronize()
-            .unwrap_or_else(|e| panic!("{what}: kernel: {e}"));
+        gpu.synchronize().unwrap_or_else(|e| panic!("{what}: kernel: {e}"));
         let (dx_ref, scale) = rms_norm_bwd_ref(&xf, &wf, &rstd_used, &gf, rows, width);
         let dx = widen(&download(gpu, &d_dx));
-        assert_close(
-            &format!("{what} dx"),
-            &dx,
-            &dx_ref,
-            &scale,
-            width,
-            T::ATOL,
-            T::RTOL,
-        );
+        assert_close(&format!("{what} dx"), &dx, &dx_ref, &scale, width, T::ATOL, T::RTOL);
     }
 }
 
@@ -673,9 +531,7 @@ const SPECIALS: &[f32] = &[
 
 /// Random values over many magnitudes, then the specials.
 fn cast_inputs(rng: &mut Rng, n: usize) -> Vec<f32> {
-    let mut v: Vec<f32> = (0..n)
-        .map(|i| rng.uniform(-1.0, 1.0) * 10f32.powi((i % 9) as i32 - 4))
-        .collect();
+    let mut v: Vec<f32> = (0..n).map(|i| rng.uniform(-1.0, 1.0) * 10f32.powi((i % 9) as i32 - 4)).collect();
     v.extend_from_slice(SPECIALS);
     v
 }
@@ -688,10 +544,8 @@ fn cuda_cast_f32_to_bf16() {
         let what = format!("cast_f32_to_bf16 n={}+{}", rows * width, SPECIALS.len());
         let x = cast_inputs(&mut rng, rows * width);
         let mut d_y = poisoned::<bf16>(gpu, x.len());
-        cast_f32_to_bf16(gpu, &upload(gpu, &x), &mut d_y)
-            .unwrap_or_else(|e| panic!("{what}: launch: {e}"));
-        gpu.synchronize()
-            .unwrap_or_else(|e| panic!("{what}: kernel: {e}"));
+        cast_f32_to_bf16(gpu, &upload(gpu, &x), &mut d_y).unwrap_or_else(|e| panic!("{what}: launch: {e}"));
+        gpu.synchronize().unwrap_or_else(|e| panic!("{what}: kernel: {e}"));
         let y = download(gpu, &d_y);
         // Round to nearest even, like half's conversion: bit for bit (NaN only needs to stay NaN).
         let wrong: Vec<String> = x
@@ -716,11 +570,7 @@ fn cuda_cast_f32_to_bf16() {
                 )
             })
             .collect();
-        assert!(
-            wrong.is_empty(),
-            "{what}: not rounded to nearest even:\n{}",
-            wrong.join("\n")
-        );
+        assert!(wrong.is_empty(), "{what}: not rounded to nearest even:\n{}", wrong.join("\n"));
         // And within the bf16 tolerance of the f64 value (finite inputs of bf16 range).
         let (got, want): (Vec<f64>, Vec<f64>) = x
             .iter()
@@ -740,23 +590,15 @@ fn cuda_cast_bf16_to_f32() {
         let what = format!("cast_bf16_to_f32 n={}+{}", rows * width, SPECIALS.len());
         let x: Vec<bf16> = to_dtype(&cast_inputs(&mut rng, rows * width));
         let mut d_y = poisoned::<f32>(gpu, x.len());
-        cast_bf16_to_f32(gpu, &upload(gpu, &x), &mut d_y)
-            .unwrap_or_else(|e| panic!("{what}: launch: {e}"));
-        gpu.synchronize()
-            .unwrap_or_else(|e| panic!("{what}: kernel: {e}"));
+        cast_bf16_to_f32(gpu, &upload(gpu, &x), &mut d_y).unwrap_or_else(|e| panic!("{what}: launch: {e}"));
+        gpu.synchronize().unwrap_or_else(|e| panic!("{what}: kernel: {e}"));
         let y = download(gpu, &d_y);
         // Exact: every bf16 is an f32.
         let wrong: Vec<String> = x
             .iter()
             .zip(&y)
             .enumerate()
-            .filter(|(_, (&xi, &yi))| {
-                if xi.is_nan() {
-                    !yi.is_nan()
-                } else {
-                    yi.to_bits() != xi.to_f32().to_bits()
-                }
-            })
+            .filter(|(_, (&xi, &yi))| if xi.is_nan() { !yi.is_nan() } else { yi.to_bits() != xi.to_f32().to_bits() })
             .take(8)
             .map(|(i, (&xi, &yi))| format!("  [{i}] x {xi} got {yi:e} want {:e}", xi.to_f32()))
             .collect();
@@ -773,15 +615,9 @@ fn check_add<T: TestFloat>(gpu: &Gpu, seed: u64) {
         let a: Vec<T> = to_dtype(&rng.vec(n, -2.0, 2.0));
         let b: Vec<T> = to_dtype(&rng.vec(n, -2.0, 2.0));
         let mut d_out = poisoned::<T>(gpu, n);
-        add(gpu, &upload(gpu, &a), &upload(gpu, &b), &mut d_out)
-            .unwrap_or_else(|e| panic!("{what}: launch: {e}"));
-        gpu.synchronize()
-            .unwrap_or_else(|e| panic!("{what}: kernel: {e}"));
-        let want: Vec<f64> = widen(&a)
-            .iter()
-            .zip(widen(&b))
-            .map(|(x, y)| x + y)
-            .collect();
+        add(gpu, &upload(gpu, &a), &upload(gpu, &b), &mut d_out).unwrap_or_else(|e| panic!("{what}: launch: {e}"));
+        gpu.synchronize().unwrap_or_else(|e| panic!("{what}: kernel: {e}"));
+        let want: Vec<f64> = widen(&a).iter().zip(widen(&b)).map(|(x, y)| x + y).collect();
         let got = widen(&download(gpu, &d_out));
         assert_close(&what, &got, &want, &want, width, T::ATOL, T::RTOL);
     }
@@ -816,22 +652,10 @@ fn cuda_launchers_reject_bad_sizes_and_accept_empty_inputs() {
         assert!(matches!(err, Error::InvalidArgument { .. }), "{message}");
         assert!(message.contains(needle), "{needle:?} not in {message:?}");
     };
-    expect_invalid(
-        rms_norm_fwd(gpu, &x, &w, &mut short, &mut rstd, 3, 4, EPS),
-        "y has 11 elements, expected 12",
-    );
-    expect_invalid(
-        rms_norm_fwd(gpu, &x, &w, &mut y, &mut rstd, 4, 3, EPS),
-        "weight has 4 elements, expected 3",
-    );
-    expect_invalid(
-        rms_norm_fwd(gpu, &x, &w, &mut y, &mut rstd, 3, 4, f32::NAN),
-        "eps",
-    );
-    expect_invalid(
-        rms_norm_fwd(gpu, &x, &w, &mut y, &mut rstd, 12, 0, EPS),
-        "width 0",
-    );
+    expect_invalid(rms_norm_fwd(gpu, &x, &w, &mut short, &mut rstd, 3, 4, EPS), "y has 11 elements, expected 12");
+    expect_invalid(rms_norm_fwd(gpu, &x, &w, &mut y, &mut rstd, 4, 3, EPS), "weight has 4 elements, expected 3");
+    expect_invalid(rms_norm_fwd(gpu, &x, &w, &mut y, &mut rstd, 3, 4, f32::NAN), "eps");
+    expect_invalid(rms_norm_fwd(gpu, &x, &w, &mut y, &mut rstd, 12, 0, EPS), "width 0");
     expect_invalid(add(gpu, &x, &y, &mut short), "out has 11 elements");
     let mut half_out = poisoned::<bf16>(gpu, 11);
     expect_invalid(cast_f32_to_bf16(gpu, &x, &mut half_out), "y has 11");
@@ -855,12 +679,8 @@ fn time_ms(gpu: &Gpu, iters: usize, mut f: impl FnMut()) -> f64 {
     let ctx = gpu.context();
     let mut times = Vec::with_capacity(iters);
     for _ in 0..iters {
-        let start = ctx
-            .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
-            .unwrap();
-        let end = ctx
-            .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
-            .unwrap();
+        let start = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).unwrap();
+        let end = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).unwrap();
         start.record(gpu.stream()).unwrap();
         f();
         end.record(gpu.stream()).unwrap();
@@ -885,12 +705,8 @@ fn cuda_rms_norm_bandwidth() {
     let mut d_dx = poisoned::<bf16>(gpu, n);
     let mut d_rstd = poisoned::<f32>(gpu, rows);
 
-    let fwd_ms = time_ms(gpu, 20, || {
-        rms_norm_fwd(gpu, &d_x, &d_w, &mut d_y, &mut d_rstd, rows, width, EPS).unwrap()
-    });
-    let bwd_ms = time_ms(gpu, 20, || {
-        rms_norm_bwd(gpu, &d_x, &d_w, &d_rstd, &d_g, &mut d_dx, rows, width).unwrap()
-    });
+    let fwd_ms = time_ms(gpu, 20, || rms_norm_fwd(gpu, &d_x, &d_w, &mut d_y, &mut d_rstd, rows, width, EPS).unwrap());
+    let bwd_ms = time_ms(gpu, 20, || rms_norm_bwd(gpu, &d_x, &d_w, &d_rstd, &d_g, &mut d_dx, rows, width).unwrap());
     let mut d_sum = poisoned::<bf16>(gpu, n);
     let add_ms = time_ms(gpu, 20, || add(gpu, &d_x, &d_g, &mut d_sum).unwrap());
     gpu.synchronize().unwrap();
@@ -918,23 +734,7 @@ fn cuda_rms_norm_bandwidth() {
         let xs = widen(&x[r * width..(r + 1) * width]);
         let (y_ref, rstd_ref) = rms_norm_fwd_ref(&xs, &widen(&w), 1, width, EPS as f64);
         let got = widen(&y[r * width..(r + 1) * width]);
-        assert_close(
-            &format!("big fwd row {r}"),
-            &got,
-            &y_ref,
-            &y_ref,
-            width,
-            1e-2,
-            1e-2,
-        );
-        assert_close(
-            &format!("big fwd rstd {r}"),
-            &[rstd[r] as f64],
-            &rstd_ref,
-            &rstd_ref,
-            1,
-            1e-5,
-            1e-5,
-        );
+        assert_close(&format!("big fwd row {r}"), &got, &y_ref, &y_ref, width, 1e-2, 1e-2);
+        assert_close(&format!("big fwd rstd {r}"), &[rstd[r] as f64], &rstd_ref, &rstd_ref, 1, 1e-5, 1e-5);
     }
 }

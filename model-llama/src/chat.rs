@@ -44,10 +44,7 @@ pub struct ChatMessage {
 impl ChatMessage {
     /// A message with the given role and content.
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        ChatMessage {
-            role: role.into(),
-            content: content.into(),
-        }
+        ChatMessage { role: role.into(), content: content.into() }
     }
 }
 
@@ -95,13 +92,8 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
-        env.add_template_owned(TEMPLATE_NAME, template.to_owned())
-            .map_err(ChatError::Syntax)?;
-        Ok(ChatTemplate {
-            env,
-            bos_token: bos_token.to_owned(),
-            eos_token: eos_token.to_owned(),
-        })
+        env.add_template_owned(TEMPLATE_NAME, template.to_owned()).map_err(ChatError::Syntax)?;
+        Ok(ChatTemplate { env, bos_token: bos_token.to_owned(), eos_token: eos_token.to_owned() })
     }
 
     /// Reads the `chat_template`, `bos_token` and `eos_token` of a Hugging Face
@@ -109,10 +101,7 @@ impl ChatTemplate {
     /// named `default`, as `transformers` does. Special tokens may be strings or
     /// `{"content": ...}` objects; absent ones become empty strings.
     pub fn from_tokenizer_config(path: &Path) -> Result<Self> {
-        let config_error = |message: String| ChatError::Config {
-            path: path.display().to_string(),
-            message,
-        };
+        let config_error = |message: String| ChatError::Config { path: path.display().to_string(), message };
         let text = std::fs::read_to_string(path).map_err(|e| config_error(e.to_string()))?;
         let config: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| config_error(format!("invalid JSON: {e}")))?;
@@ -123,23 +112,15 @@ impl ChatTemplate {
                 .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
                 .and_then(|t| t.get("template"))
                 .and_then(|t| t.as_str())
-                .ok_or_else(|| {
-                    config_error("chat_template is a list without a \"default\" entry".into())
-                })?,
-            Some(_) => {
-                return Err(config_error(
-                    "chat_template is not a string or a list".into(),
-                ))
-            }
+                .ok_or_else(|| config_error("chat_template is a list without a \"default\" entry".into()))?,
+            Some(_) => return Err(config_error("chat_template is not a string or a list".into())),
             None => return Err(config_error("no chat_template".into())),
         };
         let special = |key: &str| match config.get(key) {
             Some(serde_json::Value::String(s)) => s.clone(),
-            Some(obj @ serde_json::Value::Object(_)) => obj
-                .get("content")
-                .and_then(|c| c.as_str())
-                .unwrap_or_default()
-                .to_owned(),
+            Some(obj @ serde_json::Value::Object(_)) => {
+                obj.get("content").and_then(|c| c.as_str()).unwrap_or_default().to_owned()
+            }
             _ => String::new(),
         };
         Self::new(template, &special("bos_token"), &special("eos_token"))
@@ -148,10 +129,7 @@ impl ChatTemplate {
     /// Renders `messages`; with `add_generation_prompt` the text ends with the header that
     /// opens the assistant's turn.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
-        let template = self
-            .env
-            .get_template(TEMPLATE_NAME)
-            .map_err(ChatError::Render)?;
+        let template = self.env.get_template(TEMPLATE_NAME).map_err(ChatError::Render)?;
         template
             .render(minijinja::context! {
                 messages => messages,
@@ -201,12 +179,8 @@ fn raise_exception(message: String) -> std::result::Result<Value, Error> {
 /// `strftime_now(format)`: the local time formatted with Python `strftime` codes.
 fn strftime_now(format: String) -> std::result::Result<String, Error> {
     let mut out = String::new();
-    write!(out, "{}", chrono::Local::now().format(&format)).map_err(|_| {
-        Error::new(
-            ErrorKind::InvalidOperation,
-            format!("strftime_now: invalid format {format:?}"),
-        )
-    })?;
+    write!(out, "{}", chrono::Local::now().format(&format))
+        .map_err(|_| Error::new(ErrorKind::InvalidOperation, format!("strftime_now: invalid format {format:?}")))?;
     Ok(out)
 }
 
@@ -214,11 +188,7 @@ fn strftime_now(format: String) -> std::result::Result<String, Error> {
 struct PythonCompactFormatter;
 
 impl serde_json::ser::Formatter for PythonCompactFormatter {
-    fn begin_array_value<W: ?Sized + std::io::Write>(
-        &mut self,
-        writer: &mut W,
-        first: bool,
-    ) -> std::io::Result<()> {
+    fn begin_array_value<W: ?Sized + std::io::Write>(&mut self, writer: &mut W, first: bool) -> std::io::Result<()> {
         if first {
             Ok(())
         } else {
@@ -226,11 +196,7 @@ impl serde_json::ser::Formatter for PythonCompactFormatter {
         }
     }
 
-    fn begin_object_key<W: ?Sized + std::io::Write>(
-        &mut self,
-        writer: &mut W,
-        first: bool,
-    ) -> std::io::Result<()> {
+    fn begin_object_key<W: ?Sized + std::io::Write>(&mut self, writer: &mut W, first: bool) -> std::io::Result<()> {
         if first {
             Ok(())
         } else {
@@ -238,10 +204,7 @@ impl serde_json::ser::Formatter for PythonCompactFormatter {
         }
     }
 
-    fn begin_object_value<W: ?Sized + std::io::Write>(
-        &mut self,
-        writer: &mut W,
-    ) -> std::io::Result<()> {
+    fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
         writer.write_all(b": ")
     }
 }
@@ -257,25 +220,14 @@ fn tojson(value: &Value, kwargs: Kwargs) -> std::result::Result<String, Error> {
         Some(n) => {
             let spaces = vec![b' '; n];
             let formatter = serde_json::ser::PrettyFormatter::with_indent(&spaces);
-            value.serialize(&mut serde_json::Serializer::with_formatter(
-                &mut bytes, formatter,
-            ))
+            value.serialize(&mut serde_json::Serializer::with_formatter(&mut bytes, formatter))
         }
-        None => value.serialize(&mut serde_json::Serializer::with_formatter(
-            &mut bytes,
-            PythonCompactFormatter,
-        )),
+        None => value.serialize(&mut serde_json::Serializer::with_formatter(&mut bytes, PythonCompactFormatter)),
     };
-    written.map_err(|e| {
-        Error::new(ErrorKind::BadSerialization, "tojson: value is not JSON").with_source(e)
-    })?;
-    let json = String::from_utf8(bytes)
-        .map_err(|_| Error::new(ErrorKind::BadSerialization, "tojson: output is not UTF-8"))?;
-    Ok(if ensure_ascii == Some(true) {
-        escape_non_ascii(&json)
-    } else {
-        json
-    })
+    written.map_err(|e| Error::new(ErrorKind::BadSerialization, "tojson: value is not JSON").with_source(e))?;
+    let json =
+        String::from_utf8(bytes).map_err(|_| Error::new(ErrorKind::BadSerialization, "tojson: output is not UTF-8"))?;
+    Ok(if ensure_ascii == Some(true) { escape_non_ascii(&json) } else { json })
 }
 
 /// `\uXXXX`-escapes every non-ASCII character (UTF-16 surrogate pairs above U+FFFF), as
@@ -330,15 +282,12 @@ mod tests {
     }
 
     fn fixture_path(name: &str) -> std::path::PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures")
-            .join(name)
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
     }
 
     fn fixtures() -> Fixtures {
         let path = fixture_path("chat_templates.json");
-        let text = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
     }
 
@@ -358,14 +307,9 @@ mod tests {
                     .unwrap_or_else(|e| panic!("{} case {i}: {e}", t.name));
                 assert_eq!(got, case.expected, "{} case {i}", t.name);
                 // The one-shot entry point gives the same text.
-                let once = render_chat(
-                    &t.template,
-                    &case.messages,
-                    case.add_generation_prompt,
-                    &t.bos_token,
-                    &t.eos_token,
-                )
-                .unwrap();
+                let once =
+                    render_chat(&t.template, &case.messages, case.add_generation_prompt, &t.bos_token, &t.eos_token)
+                        .unwrap();
                 assert_eq!(once, got);
             }
         }
@@ -374,19 +318,8 @@ mod tests {
     #[test]
     fn smollm2_chatml_shape() {
         let fixtures = fixtures();
-        let smol = fixtures
-            .templates
-            .iter()
-            .find(|t| t.name == "smollm2")
-            .unwrap();
-        let out = render_chat(
-            &smol.template,
-            &[ChatMessage::new("user", "Hi")],
-            true,
-            "",
-            "",
-        )
-        .unwrap();
+        let smol = fixtures.templates.iter().find(|t| t.name == "smollm2").unwrap();
+        let out = render_chat(&smol.template, &[ChatMessage::new("user", "Hi")], true, "", "").unwrap();
         assert_eq!(
             out,
             "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by \
@@ -404,23 +337,13 @@ mod tests {
             return;
         }
         let fixtures = fixtures();
-        for (dir, name) in [
-            ("llama3", "llama3"),
-            ("deepseek-r1-distill-llama-8b", "deepseek-r1-distill"),
-        ] {
-            let t = ChatTemplate::from_tokenizer_config(
-                &shared.join(dir).join("tokenizer_config.json"),
-            )
-            .unwrap();
+        for (dir, name) in [("llama3", "llama3"), ("deepseek-r1-distill-llama-8b", "deepseek-r1-distill")] {
+            let t = ChatTemplate::from_tokenizer_config(&shared.join(dir).join("tokenizer_config.json")).unwrap();
             let case = fixtures.templates.iter().find(|t| t.name == name).unwrap();
             assert_eq!(t.bos_token, case.bos_token);
             assert_eq!(t.eos_token, case.eos_token);
             let first = &case.cases[0];
-            assert_eq!(
-                t.render(&first.messages, first.add_generation_prompt)
-                    .unwrap(),
-                first.expected
-            );
+            assert_eq!(t.render(&first.messages, first.add_generation_prompt).unwrap(), first.expected);
         }
     }
 
@@ -439,39 +362,22 @@ mod tests {
         assert_eq!(t.render(&[], false).unwrap(), "<s>D</s>");
 
         std::fs::write(&path, r#"{"bos_token": "<s>"}"#).unwrap();
-        let err = ChatTemplate::from_tokenizer_config(&path)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("tokenizer_config.json") && err.contains("no chat_template"),
-            "{err}"
-        );
+        let err = ChatTemplate::from_tokenizer_config(&path).unwrap_err().to_string();
+        assert!(err.contains("tokenizer_config.json") && err.contains("no chat_template"), "{err}");
 
         std::fs::write(&path, "{not json").unwrap();
-        let err = ChatTemplate::from_tokenizer_config(&path)
-            .unwrap_err()
-            .to_string();
+        let err = ChatTemplate::from_tokenizer_config(&path).unwrap_err().to_string();
         assert!(err.contains("invalid JSON"), "{err}");
 
         let missing = dir.path().join("absent.json");
-        let err = ChatTemplate::from_tokenizer_config(&missing)
-            .unwrap_err()
-            .to_string();
+        let err = ChatTemplate::from_tokenizer_config(&missing).unwrap_err().to_string();
         assert!(err.contains("absent.json"), "{err}");
     }
 
     #[test]
     fn raise_exception_fails_with_message() {
         let template = "{% if messages[0].role != 'user' %}{{ raise_exception('Conversation roles must alternate') }}{% endif %}ok";
-        let err = render_chat(
-            template,
-            &[ChatMessage::new("assistant", "x")],
-            false,
-            "",
-            "",
-        )
-        .unwrap_err()
-        .to_string();
+        let err = render_chat(template, &[ChatMessage::new("assistant", "x")], false, "", "").unwrap_err().to_string();
         assert!(err.contains("Conversation roles must alternate"), "{err}");
         let ok = render_chat(template, &[ChatMessage::new("user", "x")], false, "", "").unwrap();
         assert_eq!(ok, "ok");
@@ -489,17 +395,9 @@ mod tests {
     #[test]
     fn tojson_options() {
         let msgs = [ChatMessage::new("user", "é")];
-        let out = render_chat(
-            "{{ messages | tojson(ensure_ascii=true) }}",
-            &msgs,
-            false,
-            "",
-            "",
-        )
-        .unwrap();
+        let out = render_chat("{{ messages | tojson(ensure_ascii=true) }}", &msgs, false, "", "").unwrap();
         assert_eq!(out, r#"[{"role": "user", "content": "\u00e9"}]"#);
-        let out =
-            render_chat("{{ '😀' | tojson(ensure_ascii=true) }}", &[], false, "", "").unwrap();
+        let out = render_chat("{{ '😀' | tojson(ensure_ascii=true) }}", &[], false, "", "").unwrap();
         assert_eq!(out, r#""\ud83d\ude00""#);
         let err = render_chat("{{ 1 | tojson(sort_keys=true) }}", &[], false, "", "").unwrap_err();
         assert!(matches!(err, ChatError::Render(_)), "{err}");

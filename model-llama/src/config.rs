@@ -65,7 +65,8 @@ impl LlamaConfig {
     }
 
     pub fn from_json(text: &str) -> Result<LlamaConfig> {
-        let raw: RawConfig = serde_json::from_str(text).map_err(|e| LoadError::Invalid(format!("invalid JSON: {e}")))?;
+        let raw: RawConfig =
+            serde_json::from_str(text).map_err(|e| LoadError::Invalid(format!("invalid JSON: {e}")))?;
         let arch = raw.architectures.as_ref().and_then(|a| a.first().cloned()).unwrap_or_default();
         let model_type = raw.model_type.clone().unwrap_or_default();
         if model_type != "llama" && arch != "LlamaForCausalLM" {
@@ -74,7 +75,8 @@ impl LlamaConfig {
                  (LlamaForCausalLM, model_type \"llama\")"
             )));
         }
-        let need = |v: Option<usize>, key: &str| v.ok_or_else(|| LoadError::Invalid(format!("missing field \"{key}\"")));
+        let need =
+            |v: Option<usize>, key: &str| v.ok_or_else(|| LoadError::Invalid(format!("missing field \"{key}\"")));
         let hidden_size = need(raw.hidden_size, "hidden_size")?;
         let num_attention_heads = need(raw.num_attention_heads, "num_attention_heads")?;
         let rope = raw.rope_parameters.as_ref().or(raw.rope_scaling.as_ref());
@@ -169,7 +171,9 @@ fn parse_scaling(v: &serde_json::Value) -> Result<Option<Llama3Scaling>> {
         "default" => Ok(None),
         "llama3" => {
             let f = |k: &str| {
-                v.get(k).and_then(|x| x.as_f64()).ok_or_else(|| LoadError::Invalid(format!("rope_scaling: missing \"{k}\"")))
+                v.get(k)
+                    .and_then(|x| x.as_f64())
+                    .ok_or_else(|| LoadError::Invalid(format!("rope_scaling: missing \"{k}\"")))
             };
             Ok(Some(Llama3Scaling {
                 factor: f("factor")?,

@@ -41,7 +41,8 @@ impl Sampler {
         if p.temperature <= 0.0 {
             return argmax(logits);
         }
-        let mut cand: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l / p.temperature)).collect();
+        let mut cand: Vec<(u32, f32)> =
+            logits.iter().enumerate().map(|(i, &l)| (i as u32, l / p.temperature)).collect();
         cand.sort_by(|a, b| b.1.total_cmp(&a.1));
         if p.top_k > 0 {
             cand.truncate(p.top_k);
@@ -115,7 +116,15 @@ pub fn generate(
             c.max_position_embeddings
         )));
     }
-    let mut cache = KvCache::new(c.num_hidden_layers, 1, c.num_key_value_heads, c.head_dim, max_len, model.dtype, model.embed_tokens.device())?;
+    let mut cache = KvCache::new(
+        c.num_hidden_layers,
+        1,
+        c.num_key_value_heads,
+        c.head_dim,
+        max_len,
+        model.dtype,
+        model.embed_tokens.device(),
+    )?;
     let mut out = Vec::new();
     let mut input = prompt.to_vec();
     while out.len() < max_new_tokens {
@@ -213,8 +222,14 @@ mod tests {
         let logits = [0.1, 2.0, 1.9, -1.0];
         assert_eq!(Sampler::new(SamplingParams::default()).sample(&logits), 1);
         let p = SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, seed: 7 };
-        let a: Vec<u32> = { let mut s = Sampler::new(p.clone()); (0..50).map(|_| s.sample(&logits)).collect() };
-        let b: Vec<u32> = { let mut s = Sampler::new(p.clone()); (0..50).map(|_| s.sample(&logits)).collect() };
+        let a: Vec<u32> = {
+            let mut s = Sampler::new(p.clone());
+            (0..50).map(|_| s.sample(&logits)).collect()
+        };
+        let b: Vec<u32> = {
+            let mut s = Sampler::new(p.clone());
+            (0..50).map(|_| s.sample(&logits)).collect()
+        };
         assert_eq!(a, b, "same seed, same samples");
         assert!(a.contains(&1) && a.contains(&2), "temperature 1 samples both likely tokens: {a:?}");
         let k1 = SamplingParams { top_k: 1, ..p.clone() };

@@ -53,7 +53,9 @@ impl GgufWeights {
             num_hidden_layers: u("block_count")?,
             num_attention_heads: self.heads,
             num_key_value_heads: self.kv_heads,
-            head_dim: f.get_opt::<u32>("llama.rope.dimension_count")?.map_or(hidden / self.heads.max(1), |v| v as usize),
+            head_dim: f
+                .get_opt::<u32>("llama.rope.dimension_count")?
+                .map_or(hidden / self.heads.max(1), |v| v as usize),
             vocab_size: vocab,
             rms_norm_eps: f.get_f32("llama.attention.layer_norm_rms_epsilon")? as f64,
             rope_theta: f.get_opt::<f32>("llama.rope.freq_base")?.unwrap_or(10000.0) as f64,
@@ -116,8 +118,9 @@ pub fn unpermute_rows(w: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<
 
 impl WeightSource for GgufWeights {
     fn get(&self, name: &str) -> Result<Tensor> {
-        let (gname, permute) = gguf_name(name, self.heads, self.kv_heads).ok_or_else(|| {
-            LoadError::InFile { path: self.file.path().to_path_buf(), msg: format!("no GGUF tensor corresponds to \"{name}\"") }
+        let (gname, permute) = gguf_name(name, self.heads, self.kv_heads).ok_or_else(|| LoadError::InFile {
+            path: self.file.path().to_path_buf(),
+            msg: format!("no GGUF tensor corresponds to \"{name}\""),
         })?;
         let info = self.file.tensor(&gname)?;
         let shape = info.shape();

@@ -104,11 +104,7 @@ pub enum HubError {
 }
 
 fn missing_message(model: &str, dir: &Path, missing: &[String], reason: &str) -> String {
-    let mut text = format!(
-        "model {model:?} is incomplete: missing {} in {}",
-        missing.join(", "),
-        dir.display()
-    );
+    let mut text = format!("model {model:?} is incomplete: missing {} in {}", missing.join(", "), dir.display());
     if !reason.is_empty() {
         text.push_str(" (");
         text.push_str(reason);
@@ -157,26 +153,15 @@ impl HubEnv {
                 .or_else(|| var("HOME").map(|h| Path::new(&h).join(".cache")))
                 .map(|cache| cache.join("huggingface"))
         });
-        let cache = var("HF_HUB_CACHE")
-            .map(PathBuf::from)
-            .or_else(|| hf_home.as_ref().map(|h| h.join("hub")));
-        let offline = var("HF_HUB_OFFLINE").is_some_and(|v| {
-            matches!(
-                v.trim().to_ascii_lowercase().as_str(),
-                "1" | "true" | "yes" | "on"
-            )
-        });
+        let cache = var("HF_HUB_CACHE").map(PathBuf::from).or_else(|| hf_home.as_ref().map(|h| h.join("hub")));
+        let offline = var("HF_HUB_OFFLINE")
+            .is_some_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"));
         let token = var("HF_TOKEN").or_else(|| {
             let file = hf_home?.join("token");
             let text = std::fs::read_to_string(file).ok()?;
             Some(text.trim().to_owned()).filter(|t| !t.is_empty())
         });
-        HubEnv {
-            cache,
-            offline,
-            token,
-            endpoint: var("HF_ENDPOINT"),
-        }
+        HubEnv { cache, offline, token, endpoint: var("HF_ENDPOINT") }
     }
 }
 
@@ -194,21 +179,15 @@ fn resolve_with(spec: &str, files: &[&str], env: &HubEnv) -> Result<ResolvedMode
         };
     }
     if path.is_file() {
-        let is_gguf = path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+        let is_gguf = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
         return if is_gguf {
             Ok(ResolvedModel::Gguf(path.to_path_buf()))
         } else {
-            Err(HubError::NotAModel {
-                path: path.to_path_buf(),
-            })
+            Err(HubError::NotAModel { path: path.to_path_buf() })
         };
     }
     let Some(repo_folder) = repo_folder_name(spec) else {
-        return Err(HubError::NotFound {
-            spec: spec.to_owned(),
-        });
+        return Err(HubError::NotFound { spec: spec.to_owned() });
     };
     let Some(cache) = &env.cache else {
         return Err(HubError::Missing {
@@ -242,12 +221,7 @@ fn resolve_with(spec: &str, files: &[&str], env: &HubEnv) -> Result<ResolvedMode
             Err(e) => format!("download failed: {e}"),
         }
     };
-    Err(HubError::Missing {
-        model: spec.to_owned(),
-        dir,
-        missing,
-        reason,
-    })
+    Err(HubError::Missing { model: spec.to_owned(), dir, missing, reason })
 }
 
 /// `models--{org}--{name}` for a valid repo id `org/name`, else `None`.
@@ -257,9 +231,7 @@ fn repo_folder_name(spec: &str) -> Option<String> {
         !part.is_empty()
             && !part.starts_with('.')
             && !part.contains("--")
-            && part
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && part.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
     };
     (valid(org) && valid(name)).then(|| format!("models--{org}--{name}"))
 }
@@ -273,10 +245,7 @@ enum Scan {
 
 /// Looks up the snapshot `refs/main` points to. `Ok(Err((dir, missing)))` says which files
 /// are missing and where they were looked for.
-fn scan_cache(
-    repo_dir: &Path,
-    files: &[&str],
-) -> Result<std::result::Result<ModelFiles, (PathBuf, Vec<String>)>> {
+fn scan_cache(repo_dir: &Path, files: &[&str]) -> Result<std::result::Result<ModelFiles, (PathBuf, Vec<String>)>> {
     let ref_file = repo_dir.join("refs").join("main");
     let commit = match std::fs::read_to_string(&ref_file) {
         Ok(text) => text.trim().to_owned(),
@@ -287,10 +256,7 @@ fn scan_cache(
         }
     };
     if commit.is_empty() || !commit.chars().all(|c| c.is_ascii_alphanumeric()) {
-        return Err(HubError::BadFile {
-            path: ref_file,
-            message: format!("not a commit hash: {commit:?}"),
-        });
+        return Err(HubError::BadFile { path: ref_file, message: format!("not a commit hash: {commit:?}") });
     }
     let snapshot = repo_dir.join("snapshots").join(&commit);
     Ok(match scan_folder(&snapshot, files)? {
@@ -306,11 +272,7 @@ fn weights_label() -> String {
 
 /// Every file a model folder needs, as named in errors when none of them is there.
 fn required_files(extra: &[&str]) -> Vec<String> {
-    let mut names: Vec<String> = [CONFIG, TOKENIZER]
-        .iter()
-        .chain(extra)
-        .map(|s| s.to_string())
-        .collect();
+    let mut names: Vec<String> = [CONFIG, TOKENIZER].iter().chain(extra).map(|s| s.to_string()).collect();
     names.push(weights_label());
     names
 }
@@ -366,30 +328,18 @@ fn scan_folder(dir: &Path, extra: &[&str]) -> Result<Scan> {
 /// The shard file names a safetensors index's `weight_map` refers to, sorted and unique.
 /// Names must be plain relative paths inside the model folder.
 fn shard_names(index: &Path) -> Result<Vec<String>> {
-    let bad = |message: String| HubError::BadFile {
-        path: index.to_path_buf(),
-        message,
-    };
+    let bad = |message: String| HubError::BadFile { path: index.to_path_buf(), message };
     let text = std::fs::read_to_string(index).map_err(|e| bad(e.to_string()))?;
-    let json: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| bad(format!("invalid JSON: {e}")))?;
-    let map = json
-        .get("weight_map")
-        .and_then(|m| m.as_object())
-        .ok_or_else(|| bad("no \"weight_map\" object".into()))?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+    let map =
+        json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| bad("no \"weight_map\" object".into()))?;
     let mut shards = BTreeSet::new();
     for (tensor, file) in map {
-        let file = file
-            .as_str()
-            .ok_or_else(|| bad(format!("weight_map[{tensor:?}] is not a file name")))?;
-        let plain = !file.is_empty()
-            && Path::new(file)
-                .components()
-                .all(|c| matches!(c, std::path::Component::Normal(_)));
+        let file = file.as_str().ok_or_else(|| bad(format!("weight_map[{tensor:?}] is not a file name")))?;
+        let plain =
+            !file.is_empty() && Path::new(file).components().all(|c| matches!(c, std::path::Component::Normal(_)));
         if !plain {
-            return Err(bad(format!(
-                "weight_map[{tensor:?}] = {file:?} is not a file inside the model folder"
-            )));
+            return Err(bad(format!("weight_map[{tensor:?}] = {file:?} is not a file inside the model folder")));
         }
         shards.insert(file.to_owned());
     }
@@ -422,10 +372,7 @@ fn download(
 ) -> std::result::Result<(), DownloadError> {
     use hf_hub::api::sync::ApiBuilder;
 
-    let fail = |file: &str, e: &dyn fmt::Display| DownloadError {
-        file: file.to_owned(),
-        message: e.to_string(),
-    };
+    let fail = |file: &str, e: &dyn fmt::Display| DownloadError { file: file.to_owned(), message: e.to_string() };
     let mut builder = ApiBuilder::from_cache(hf_hub::Cache::new(cache.to_path_buf()))
         .with_token(env.token.clone())
         .with_progress(true);
@@ -445,11 +392,7 @@ fn download(
         repo.download(name).map_err(|e| fail(name, &e))
     };
 
-    let mut wanted: Vec<String> = [CONFIG, TOKENIZER]
-        .iter()
-        .chain(extra)
-        .map(|s| s.to_string())
-        .collect();
+    let mut wanted: Vec<String> = [CONFIG, TOKENIZER].iter().chain(extra).map(|s| s.to_string()).collect();
     for optional in [TOKENIZER_CONFIG, GENERATION_CONFIG] {
         if upstream.contains(optional) {
             wanted.push(optional.to_owned());
@@ -487,12 +430,7 @@ mod tests {
     const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
     fn offline(cache: &Path) -> HubEnv {
-        HubEnv {
-            cache: Some(cache.to_path_buf()),
-            offline: true,
-            token: None,
-            endpoint: None,
-        }
+        HubEnv { cache: Some(cache.to_path_buf()), offline: true, token: None, endpoint: None }
     }
 
     /// Writes `files` into `cache/models--org--name/snapshots/COMMIT/` and points
@@ -530,33 +468,17 @@ mod tests {
                 ("model-00002-of-00002.safetensors", ""),
             ],
         );
-        let got = resolve_with(
-            "unsloth/DeepSeek-R1-Distill-Llama-8B",
-            &[],
-            &offline(cache.path()),
-        )
-        .unwrap();
-        let ResolvedModel::Safetensors(files) = got else {
-            panic!("expected a safetensors model, got {got:?}")
-        };
+        let got = resolve_with("unsloth/DeepSeek-R1-Distill-Llama-8B", &[], &offline(cache.path())).unwrap();
+        let ResolvedModel::Safetensors(files) = got else { panic!("expected a safetensors model, got {got:?}") };
         assert_eq!(files.dir, snapshot);
         assert_eq!(files.config, snapshot.join("config.json"));
         assert_eq!(files.tokenizer, snapshot.join("tokenizer.json"));
-        assert_eq!(
-            files.tokenizer_config,
-            Some(snapshot.join("tokenizer_config.json"))
-        );
+        assert_eq!(files.tokenizer_config, Some(snapshot.join("tokenizer_config.json")));
         assert_eq!(files.generation_config, None);
-        assert_eq!(
-            files.weight_index,
-            Some(snapshot.join("model.safetensors.index.json"))
-        );
+        assert_eq!(files.weight_index, Some(snapshot.join("model.safetensors.index.json")));
         assert_eq!(
             files.weights,
-            vec![
-                snapshot.join("model-00001-of-00002.safetensors"),
-                snapshot.join("model-00002-of-00002.safetensors"),
-            ]
+            vec![snapshot.join("model-00001-of-00002.safetensors"), snapshot.join("model-00002-of-00002.safetensors"),]
         );
     }
 
@@ -574,14 +496,7 @@ mod tests {
             ],
         );
         let err = resolve_with("org/model", &[], &offline(cache.path())).unwrap_err();
-        let HubError::Missing {
-            ref dir,
-            ref missing,
-            ..
-        } = err
-        else {
-            panic!("expected Missing, got {err}")
-        };
+        let HubError::Missing { ref dir, ref missing, .. } = err else { panic!("expected Missing, got {err}") };
         assert_eq!(dir, &snapshot);
         assert_eq!(missing, &["model-00002-of-00002.safetensors"]);
         let text = err.to_string();
@@ -596,17 +511,10 @@ mod tests {
     #[test]
     fn dangling_blob_link_is_missing() {
         let cache = tempfile::tempdir().unwrap();
-        let snapshot = lay_out(
-            cache.path(),
-            "org/linked",
-            &[("config.json", "{}"), ("model.safetensors", "")],
-        );
+        let snapshot = lay_out(cache.path(), "org/linked", &[("config.json", "{}"), ("model.safetensors", "")]);
         std::os::unix::fs::symlink("../../blobs/0abc", snapshot.join("tokenizer.json")).unwrap();
         let err = resolve_with("org/linked", &[], &offline(cache.path())).unwrap_err();
-        assert!(
-            matches!(&err, HubError::Missing { missing, .. } if missing == &["tokenizer.json"]),
-            "{err}"
-        );
+        assert!(matches!(&err, HubError::Missing { missing, .. } if missing == &["tokenizer.json"]), "{err}");
         let blobs = cache.path().join("models--org--linked/blobs");
         std::fs::create_dir_all(&blobs).unwrap();
         std::fs::write(blobs.join("0abc"), "{}").unwrap();
@@ -629,22 +537,14 @@ mod tests {
         );
         let env = offline(cache.path());
         let got = resolve_with("org/small", &["special_tokens_map.json"], &env).unwrap();
-        let ResolvedModel::Safetensors(files) = got else {
-            panic!("expected a safetensors model")
-        };
+        let ResolvedModel::Safetensors(files) = got else { panic!("expected a safetensors model") };
         assert_eq!(files.weights, vec![snapshot.join("model.safetensors")]);
         assert_eq!(files.weight_index, None);
-        assert_eq!(
-            files.generation_config,
-            Some(snapshot.join("generation_config.json"))
-        );
+        assert_eq!(files.generation_config, Some(snapshot.join("generation_config.json")));
         assert_eq!(files.extra, vec![snapshot.join("special_tokens_map.json")]);
 
         let err = resolve_with("org/small", &["adapter_config.json"], &env).unwrap_err();
-        assert!(
-            matches!(&err, HubError::Missing { missing, .. } if missing == &["adapter_config.json"]),
-            "{err}"
-        );
+        assert!(matches!(&err, HubError::Missing { missing, .. } if missing == &["adapter_config.json"]), "{err}");
     }
 
     #[test]
@@ -652,9 +552,7 @@ mod tests {
         let cache = tempfile::tempdir().unwrap();
         lay_out(cache.path(), "org/bare", &[("tokenizer.json", "{}")]);
         let err = resolve_with("org/bare", &[], &offline(cache.path())).unwrap_err();
-        let HubError::Missing { missing, .. } = &err else {
-            panic!("expected Missing, got {err}")
-        };
+        let HubError::Missing { missing, .. } = &err else { panic!("expected Missing, got {err}") };
         assert_eq!(missing[0], "config.json");
         assert!(missing[1].starts_with("model.safetensors (or model.safetensors.index.json"));
         assert_eq!(missing.len(), 2);
@@ -678,10 +576,7 @@ mod tests {
             &[
                 ("config.json", "{}"),
                 ("tokenizer.json", "{}"),
-                (
-                    "model.safetensors.index.json",
-                    r#"{"weight_map": {"a": "../../escape.safetensors"}}"#,
-                ),
+                ("model.safetensors.index.json", r#"{"weight_map": {"a": "../../escape.safetensors"}}"#),
             ],
         );
         let err = resolve_with("org/evil", &[], &offline(cache.path())).unwrap_err();
@@ -694,10 +589,7 @@ mod tests {
         let ref_file = cache.path().join("models--org--broken/refs/main");
         std::fs::write(&ref_file, "not a/hash").unwrap();
         let err = resolve_with("org/broken", &[], &offline(cache.path())).unwrap_err();
-        assert!(
-            matches!(&err, HubError::BadFile { path, .. } if path == &ref_file),
-            "{err}"
-        );
+        assert!(matches!(&err, HubError::BadFile { path, .. } if path == &ref_file), "{err}");
     }
 
     #[test]
@@ -707,10 +599,7 @@ mod tests {
         let gguf = dir.path().join("m.Q8_0.GGUF");
         std::fs::write(&gguf, "").unwrap();
         let spec = gguf.to_str().unwrap();
-        assert_eq!(
-            resolve_with(spec, &[], &env).unwrap(),
-            ResolvedModel::Gguf(gguf.clone())
-        );
+        assert_eq!(resolve_with(spec, &[], &env).unwrap(), ResolvedModel::Gguf(gguf.clone()));
 
         let other = dir.path().join("notes.txt");
         std::fs::write(&other, "").unwrap();
@@ -723,14 +612,9 @@ mod tests {
         std::fs::write(folder.join("model.safetensors"), "").unwrap();
         let err = resolve_with(folder.to_str().unwrap(), &[], &env).unwrap_err();
         let text = err.to_string();
-        assert!(
-            text.contains("missing tokenizer.json in") && text.contains(folder.to_str().unwrap()),
-            "{text}"
-        );
+        assert!(text.contains("missing tokenizer.json in") && text.contains(folder.to_str().unwrap()), "{text}");
         std::fs::write(folder.join("tokenizer.json"), "{}").unwrap();
-        let ResolvedModel::Safetensors(files) =
-            resolve_with(folder.to_str().unwrap(), &[], &env).unwrap()
-        else {
+        let ResolvedModel::Safetensors(files) = resolve_with(folder.to_str().unwrap(), &[], &env).unwrap() else {
             panic!("expected a folder model")
         };
         assert_eq!(files.weights, vec![folder.join("model.safetensors")]);
@@ -740,14 +624,7 @@ mod tests {
     fn unknown_specs() {
         let dir = tempfile::tempdir().unwrap();
         let env = offline(dir.path());
-        for spec in [
-            "",
-            "model.gguf",
-            "a/b/c",
-            "/nonexistent/x",
-            "../up/model",
-            "org/",
-        ] {
+        for spec in ["", "model.gguf", "a/b/c", "/nonexistent/x", "../up/model", "org/"] {
             let err = resolve_with(spec, &[], &env).unwrap_err();
             assert!(matches!(err, HubError::NotFound { .. }), "{spec:?}: {err}");
         }
@@ -757,11 +634,7 @@ mod tests {
     fn download_failure_lists_missing_files() {
         // Port 1 on the loopback address refuses connections at once: no network is used.
         let cache = tempfile::tempdir().unwrap();
-        let env = HubEnv {
-            offline: false,
-            endpoint: Some("http://127.0.0.1:1".into()),
-            ..offline(cache.path())
-        };
+        let env = HubEnv { offline: false, endpoint: Some("http://127.0.0.1:1".into()), ..offline(cache.path()) };
         let err = resolve_with("org/remote", &[], &env).unwrap_err();
         let text = err.to_string();
         assert!(text.contains("download failed"), "{text}");
@@ -771,24 +644,12 @@ mod tests {
     #[test]
     fn environment_settings() {
         let vars = |pairs: &'static [(&'static str, &'static str)]| {
-            move |key: &str| {
-                pairs
-                    .iter()
-                    .find(|(k, _)| *k == key)
-                    .map(|(_, v)| v.to_string())
-            }
+            move |key: &str| pairs.iter().find(|(k, _)| *k == key).map(|(_, v)| v.to_string())
         };
         let env = HubEnv::from_vars(vars(&[("HOME", "/home/u")]));
-        assert_eq!(
-            env.cache,
-            Some(PathBuf::from("/home/u/.cache/huggingface/hub"))
-        );
+        assert_eq!(env.cache, Some(PathBuf::from("/home/u/.cache/huggingface/hub")));
         assert!(!env.offline);
-        let env = HubEnv::from_vars(vars(&[
-            ("HOME", "/home/u"),
-            ("HF_HOME", "/data/hf"),
-            ("HF_HUB_OFFLINE", "1"),
-        ]));
+        let env = HubEnv::from_vars(vars(&[("HOME", "/home/u"), ("HF_HOME", "/data/hf"), ("HF_HUB_OFFLINE", "1")]));
         assert_eq!(env.cache, Some(PathBuf::from("/data/hf/hub")));
         assert!(env.offline);
         let env = HubEnv::from_vars(vars(&[

@@ -11,7 +11,15 @@ pub struct KvCache {
 
 impl KvCache {
     /// Room for `max_len` positions of `batch` sequences in each of `layers` layers.
-    pub fn new(layers: usize, batch: usize, kv_heads: usize, head_dim: usize, max_len: usize, dtype: DType, device: Device) -> Result<KvCache> {
+    pub fn new(
+        layers: usize,
+        batch: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        max_len: usize,
+        dtype: DType,
+        device: Device,
+    ) -> Result<KvCache> {
         let shape = [batch, kv_heads, max_len, head_dim];
         let alloc = || Tensor::zeros(&shape, dtype, device);
         Ok(KvCache {

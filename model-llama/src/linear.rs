@@ -2,8 +2,8 @@
 
 use engine::ops::{add, cast, matmul_nt, nf4_matmul_nt, scale, Nf4};
 use engine::quant::nf4::Nf4Weight;
-use std::sync::Arc;
 use engine::{Result, Tensor};
+use std::sync::Arc;
 
 /// A frozen base weight `[out, in]`.
 #[derive(Clone)]

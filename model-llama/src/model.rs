@@ -129,7 +129,8 @@ impl Llama {
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
             let p = format!("model.layers.{i}");
-            let lin = |name: &str, out: usize, inp: usize| get(&format!("{p}.{name}.weight"), &[out, inp]).map(Linear::new);
+            let lin =
+                |name: &str, out: usize, inp: usize| get(&format!("{p}.{name}.weight"), &[out, inp]).map(Linear::new);
             layers.push(Arc::new(Layer {
                 input_norm: get(&format!("{p}.input_layernorm.weight"), &[hd])?,
                 post_attention_norm: get(&format!("{p}.post_attention_layernorm.weight"), &[hd])?,
@@ -180,7 +181,12 @@ impl Llama {
 
     /// Final hidden states `[b, t, hidden]` (after the last norm) for `ids: [b, t]` (u32).
     /// `checkpoint` drops each layer's activations and recomputes them in backward.
-    pub fn hidden_states(&self, ids: &Tensor, mut cache: Option<&mut KvCache>, checkpoint: bool) -> engine::Result<Tensor> {
+    pub fn hidden_states(
+        &self,
+        ids: &Tensor,
+        mut cache: Option<&mut KvCache>,
+        checkpoint: bool,
+    ) -> engine::Result<Tensor> {
         let start = cache.as_ref().map_or(0, |c| c.len());
         let mut x = ops::embedding(ids, &self.embed_tokens)?;
         for (i, layer) in self.layers.iter().enumerate() {

@@ -79,9 +79,13 @@ impl SafetensorsDir {
 
     /// The tensor `name` in its stored dtype (f32, f16, bf16; integer types as i32/u32).
     pub fn get(&self, name: &str) -> Result<Tensor> {
-        let &i = self.index.get(name).ok_or_else(|| LoadError::Invalid(format!("tensor \"{name}\" not found in the model files")))?;
+        let &i = self
+            .index
+            .get(name)
+            .ok_or_else(|| LoadError::Invalid(format!("tensor \"{name}\" not found in the model files")))?;
         let (path, mmap) = &self.files[i];
-        let st = SafeTensors::deserialize(mmap).map_err(|e| LoadError::InFile { path: path.clone(), msg: e.to_string() })?;
+        let st =
+            SafeTensors::deserialize(mmap).map_err(|e| LoadError::InFile { path: path.clone(), msg: e.to_string() })?;
         let view = st.tensor(name).map_err(|e| LoadError::InFile { path: path.clone(), msg: e.to_string() })?;
         let shape = view.shape().to_vec();
         let bytes = view.data();
@@ -90,7 +94,9 @@ impl SafetensorsDir {
             Dtype::F16 => Tensor::from_vec(cast_le::<f16>(bytes), &shape),
             Dtype::BF16 => Tensor::from_vec(cast_le::<bf16>(bytes), &shape),
             Dtype::F64 => Tensor::from_vec(cast_le::<f64>(bytes), &shape),
-            Dtype::I64 => Tensor::from_vec(cast_le::<i64>(bytes).into_iter().map(|v| v as i32).collect::<Vec<i32>>(), &shape),
+            Dtype::I64 => {
+                Tensor::from_vec(cast_le::<i64>(bytes).into_iter().map(|v| v as i32).collect::<Vec<i32>>(), &shape)
+            }
             Dtype::I32 => Tensor::from_vec(cast_le::<i32>(bytes), &shape),
             other => {
                 return Err(LoadError::InFile {
@@ -115,10 +121,10 @@ fn shards_of_index(path: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(path).map_err(|e| LoadError::io(path, e))?;
     let v: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| LoadError::InFile { path: path.to_path_buf(), msg: format!("invalid JSON: {e}") })?;
-    let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| LoadError::InFile {
-        path: path.to_path_buf(),
-        msg: "missing object \"weight_map\"".into(),
-    })?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| LoadError::InFile { path: path.to_path_buf(), msg: "missing object \"weight_map\"".into() })?;
     let mut shards: Vec<String> = map.values().filter_map(|s| s.as_str().map(String::from)).collect();
     shards.sort();
     shards.dedup();

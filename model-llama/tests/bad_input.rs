@@ -64,7 +64,9 @@ fn unsupported_architecture_is_named() {
 
 #[test]
 fn missing_config_field_is_named() {
-    let err = LlamaConfig::from_json(r#"{"model_type":"llama","hidden_size":8,"num_attention_heads":2}"#).unwrap_err().to_string();
+    let err = LlamaConfig::from_json(r#"{"model_type":"llama","hidden_size":8,"num_attention_heads":2}"#)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("intermediate_size"), "{err}");
 }
 

@@ -16,7 +16,10 @@ pub fn report() -> String {
             let _ = write!(out, "{info}");
             match super::gpu_check::measure() {
                 Ok((tflops, gbs)) => {
-                    let _ = writeln!(out, "gpu check: bf16 GEMM 8192^3 at {tflops:.0} TFLOP/s, device copy at {gbs:.0} GB/s");
+                    let _ = writeln!(
+                        out,
+                        "gpu check: bf16 GEMM 8192^3 at {tflops:.0} TFLOP/s, device copy at {gbs:.0} GB/s"
+                    );
                 }
                 Err(e) => {
                     let _ = writeln!(out, "gpu check failed: {e:#}");

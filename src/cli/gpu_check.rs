@@ -20,7 +20,8 @@ pub fn measure() -> Result<(f64, f64)> {
     let stream = cuda.gpu.stream();
     let src = stream.alloc_zeros::<u8>(bytes).map_err(|e| anyhow!("{e}"))?;
     let mut dst = stream.alloc_zeros::<u8>(bytes).map_err(|e| anyhow!("{e}"))?;
-    let copies = repeat_for(Duration::from_secs(1), &sync, || stream.memcpy_dtod(&src, &mut dst).map_err(|e| anyhow!("{e}")))?;
+    let copies =
+        repeat_for(Duration::from_secs(1), &sync, || stream.memcpy_dtod(&src, &mut dst).map_err(|e| anyhow!("{e}")))?;
     // A copy reads and writes every byte.
     Ok((gemm_flops / gemms / 1e12, 2.0 * bytes as f64 / copies / 1e9))
 }

@@ -3,16 +3,15 @@
 //! log-sum-exp, backward recomputes each row's probabilities from it (as flash attention
 //! does).
 
+use super::dense;
 use super::{output, run_cpu, CpuKernel};
 use crate::autograd::{Backward, GradStore};
-use crate::storage::StorageElem;
-use super::dense;
 use crate::cuda::{self, CudaBuf, CudaStorage};
+use crate::storage::StorageElem;
 use crate::{DType, Error, Real, Result, Tensor};
 use kernels_cuda::ops::attention::{self as kernels, AttentionDims};
 use rayon::prelude::*;
 use std::sync::Arc;
-
 
 #[derive(Clone, Copy)]
 struct Dims {
@@ -88,10 +87,8 @@ impl CpuKernel for Bwd {
         let mut dk = vec![T::ZERO; k.len()];
         let mut dv = vec![T::ZERO; v.len()];
         // One task per (batch, kv head): it owns that head's dk/dv and its query heads' dq.
-        dq.par_chunks_mut(g * t * d)
-            .zip(dk.par_chunks_mut(s * d).zip(dv.par_chunks_mut(s * d)))
-            .enumerate()
-            .for_each(|(bkv, (dqg, (dkh, dvh)))| {
+        dq.par_chunks_mut(g * t * d).zip(dk.par_chunks_mut(s * d).zip(dv.par_chunks_mut(s * d))).enumerate().for_each(
+            |(bkv, (dqg, (dkh, dvh)))| {
                 let kh = &k[bkv * s * d..(bkv + 1) * s * d];
                 let vh = &v[bkv * s * d..(bkv + 1) * s * d];
                 let mut p = Vec::with_capacity(s);
@@ -116,7 +113,8 @@ impl CpuKernel for Bwd {
                         }
                     }
                 }
-            });
+            },
+        );
         Ok(vec![dq, dk, dv])
     }
 }

@@ -1,17 +1,16 @@
 //! Cross-entropy of logits against integer labels, mean over the labels that are not
 //! [`IGNORE_INDEX`].
 
+use super::dense;
 use super::{output, run_cpu, CpuKernel};
 use crate::autograd::{Backward, GradStore};
-use crate::storage::StorageElem;
-use super::dense;
 use crate::cuda::{self, CudaBuf, CudaStorage};
+use crate::storage::StorageElem;
 use crate::tensor::Storage;
 use crate::{DType, Error, Real, Result, Tensor};
 use kernels_cuda::ops::cross_entropy as kernels;
 use rayon::prelude::*;
 use std::sync::Arc;
-
 
 /// Labels equal to this value contribute no loss (PyTorch's convention).
 pub const IGNORE_INDEX: i32 = -100;

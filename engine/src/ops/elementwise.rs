@@ -1,16 +1,15 @@
 //! Elementwise ops and full reductions: add, mul, scale, cast, sum.
 
+use super::dense;
 use super::{output, run_cpu, same_dtype, same_shape, CpuKernel};
 use crate::autograd::{Backward, GradStore};
-use crate::storage::{CpuStorage, StorageElem};
-use super::dense;
 use crate::cuda::{self, CudaBuf, CudaStorage};
+use crate::storage::{CpuStorage, StorageElem};
 use crate::tensor::Storage;
 use crate::{DType, Device, Error, Real, Result, Tensor};
 use kernels_cuda::ops::elementwise as kernels;
 use rayon::prelude::*;
 use std::sync::Arc;
-
 
 struct Binary(BinOp);
 #[derive(Clone, Copy)]
@@ -119,7 +118,8 @@ pub fn scale(x: &Tensor, s: f64) -> Result<Tensor> {
         let gx = x.cuda_storage()?;
         let sx = cuda::cs(&gx);
         let mut out = CudaStorage::zeros(sx.dtype(), x.elem_count(), &sx.dev)?;
-        let r = cuda::cuda_float!("scale"; a = &sx.buf, o = &mut out.buf => kernels::scale(&sx.dev.gpu, a, s as f32, o));
+        let r =
+            cuda::cuda_float!("scale"; a = &sx.buf, o = &mut out.buf => kernels::scale(&sx.dev.gpu, a, s as f32, o));
         r.map_err(|e| cuda::err("scale", e))?;
         cuda::tensor(out, x.shape())
     };

@@ -1,15 +1,14 @@
 //! Embedding lookup: rows of a table gathered by token id; backward scatter-adds.
 
+use super::dense;
 use super::{output, run_cpu, CpuKernel};
 use crate::autograd::{Backward, GradStore};
-use crate::storage::StorageElem;
-use super::dense;
 use crate::cuda::{self, CudaBuf, CudaStorage};
+use crate::storage::StorageElem;
 use crate::{DType, Error, Real, Result, Tensor};
 use kernels_cuda::ops::embedding as kernels;
 use rayon::prelude::*;
 use std::sync::Arc;
-
 
 struct Gather<'a> {
     ids: &'a [u32],

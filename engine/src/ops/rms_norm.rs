@@ -2,17 +2,16 @@
 //! Forward saves only `1/rms` per row; backward computes `dx`, and `dw` only when the
 //! weight requires grad (it is frozen in LoRA training).
 
+use super::dense;
 use super::{output, run_cpu, same_dtype, CpuKernel};
 use crate::autograd::{Backward, GradStore};
-use crate::storage::StorageElem;
-use super::dense;
 use crate::cuda::{self, CudaBuf, CudaStorage};
+use crate::storage::StorageElem;
 use crate::tensor::Storage;
 use crate::{DType, Error, Real, Result, Tensor};
 use kernels_cuda::ops::rms_norm as kernels;
 use rayon::prelude::*;
 use std::sync::Arc;
-
 
 struct Fwd {
     h: usize,
@@ -138,7 +137,9 @@ fn cuda_bwd(x: &Tensor, w: &Tensor, rstd: &Tensor, dy: &Tensor, h: usize) -> Res
     let mut dx = CudaStorage::zeros(sx.dtype(), x.elem_count(), &sx.dev)?;
     let g = &sx.dev.gpu;
     match (&sx.buf, &sw.buf, &sd.buf, &mut dx.buf) {
-        (CudaBuf::F32(a), CudaBuf::F32(b), CudaBuf::F32(d), CudaBuf::F32(o)) => kernels::rms_norm_bwd(g, a, b, r, d, o, rows, h),
+        (CudaBuf::F32(a), CudaBuf::F32(b), CudaBuf::F32(d), CudaBuf::F32(o)) => {
+            kernels::rms_norm_bwd(g, a, b, r, d, o, rows, h)
+        }
         (CudaBuf::BF16(a), CudaBuf::BF16(b), CudaBuf::BF16(d), CudaBuf::BF16(o)) => {
             kernels::rms_norm_bwd(g, a, b, r, d, o, rows, h)
         }

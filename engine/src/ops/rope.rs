@@ -1,20 +1,19 @@
 //! Rotary position embedding (the Hugging Face "rotate half" layout) on `[b, h, t, d]`.
 //! Backward is the same rotation with `sin` negated.
 
+use super::dense_copy as copy;
 use super::{output, run_cpu, CpuKernel};
 use crate::autograd::{Backward, GradStore};
-use crate::storage::StorageElem;
-use super::dense_copy as copy;
 use crate::cuda::{self, CudaDevice};
+use crate::storage::StorageElem;
 use crate::tensor::Storage;
 use crate::{Error, Real, Result, Tensor};
 use kernels_cuda::cudarc::driver::CudaSlice;
 use kernels_cuda::ops::rope::{self as kernels, RopeShape};
-use std::collections::HashMap;
-use std::sync::Mutex;
 use rayon::prelude::*;
+use std::collections::HashMap;
 use std::sync::Arc;
-
+use std::sync::Mutex;
 
 /// cos/sin of `position * inv_freq[i]` for every position below `max_positions`.
 #[derive(Debug, Clone)]
@@ -67,7 +66,10 @@ impl RopeTable {
             return Ok(t.clone());
         }
         let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
-        let t = Arc::new(DeviceTable { cos: cuda::upload(dev, &f32s(&self.cos))?, sin: cuda::upload(dev, &f32s(&self.sin))? });
+        let t = Arc::new(DeviceTable {
+            cos: cuda::upload(dev, &f32s(&self.cos))?,
+            sin: cuda::upload(dev, &f32s(&self.sin))?,
+        });
         map.insert(dev.ordinal, t.clone());
         Ok(t)
     }
@@ -119,9 +121,7 @@ pub fn rope(x: &Tensor, table: &RopeTable, positions: &[usize]) -> Result<Tensor
         return Err(Error::shape("rope", format!("position {p} beyond the table ({})", table.max_positions())));
     }
     let y = rotate(x, table, positions, 1.0)?;
-    Ok(y.track(&[x], || {
-        Arc::new(RopeBackward { x: x.clone(), table: table.clone(), positions: positions.to_vec() })
-    }))
+    Ok(y.track(&[x], || Arc::new(RopeBackward { x: x.clone(), table: table.clone(), positions: positions.to_vec() })))
 }
 
 struct RopeBackward {

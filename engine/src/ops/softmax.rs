@@ -7,7 +7,6 @@ use crate::{Real, Result, Tensor};
 use rayon::prelude::*;
 use std::sync::Arc;
 
-
 struct Fwd(usize);
 impl CpuKernel for Fwd {
     fn run<T: Real + StorageElem>(&self, i: &[&[T]]) -> Result<Vec<Vec<T>>> {

@@ -1,15 +1,14 @@
 //! SwiGLU gate: `silu(gate) * up`, the Llama MLP's activation.
 
+use super::dense;
 use super::{output, run_cpu, same_dtype, same_shape, CpuKernel};
 use crate::autograd::{Backward, GradStore};
-use crate::storage::StorageElem;
-use super::dense;
 use crate::cuda::{self, cs, cuda_float, CudaStorage};
+use crate::storage::StorageElem;
 use crate::{Real, Result, Tensor};
 use kernels_cuda::ops::swiglu as kernels;
 use rayon::prelude::*;
 use std::sync::Arc;
-
 
 fn sigmoid<T: Real>(x: T) -> T {
     T::ONE / (T::ONE + (-x).exp())
@@ -79,7 +78,8 @@ fn cuda_fwd(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     let (gg, gu) = (gate.cuda_storage()?, up.cuda_storage()?);
     let (sg, su) = (cs(&gg), cs(&gu));
     let mut out = CudaStorage::zeros(sg.dtype(), gate.elem_count(), &sg.dev)?;
-    let r = cuda_float!("swiglu"; a = &sg.buf, b = &su.buf, o = &mut out.buf => kernels::swiglu_fwd(&sg.dev.gpu, a, b, o));
+    let r =
+        cuda_float!("swiglu"; a = &sg.buf, b = &su.buf, o = &mut out.buf => kernels::swiglu_fwd(&sg.dev.gpu, a, b, o));
     r.map_err(|e| cuda::err("swiglu", e))?;
     Ok(cuda::tensor(out, gate.shape()))
 }

@@ -176,13 +176,7 @@ fn torch_linspace_f32(start: f32, end: f32, steps: usize) -> Vec<f32> {
     let step = (end - start) / (steps - 1) as f32;
     let halfway = steps / 2;
     (0..steps)
-        .map(|i| {
-            if i < halfway {
-                step.mul_add(i as f32, start)
-            } else {
-                (-step).mul_add((steps - 1 - i) as f32, end)
-            }
-        })
+        .map(|i| if i < halfway { step.mul_add(i as f32, start) } else { (-step).mul_add((steps - 1 - i) as f32, end) })
         .collect()
 }
 
@@ -287,35 +281,25 @@ pub fn quantize_blockwise_dynamic(values: &[f32], blocksize: usize) -> (Vec<u8>,
     let n_blocks = values.len().div_ceil(blocksize);
     let mut codes = vec![0u8; values.len()];
     let mut absmax = vec![0f32; n_blocks];
-    codes
-        .par_chunks_mut(blocksize)
-        .zip(absmax.par_iter_mut())
-        .zip(values.par_chunks(blocksize))
-        .for_each(|((out, am), block)| {
+    codes.par_chunks_mut(blocksize).zip(absmax.par_iter_mut()).zip(values.par_chunks(blocksize)).for_each(
+        |((out, am), block)| {
             let m = block_absmax(block);
             *am = m;
             let inv = 1.0f32 / m;
             for (o, &x) in out.iter_mut().zip(block) {
                 *o = dynamic_index(code, x * inv);
             }
-        });
+        },
+    );
     (codes, absmax)
 }
 
 /// bitsandbytes' `dequantize_blockwise`: `dynamic_map[code] * absmax[i / blocksize]` in f32.
 pub fn dequantize_blockwise_dynamic(codes: &[u8], absmax: &[f32], blocksize: usize) -> Vec<f32> {
     assert!(blocksize > 0, "blocksize must be positive");
-    assert_eq!(
-        absmax.len(),
-        codes.len().div_ceil(blocksize),
-        "one absmax per block"
-    );
+    assert_eq!(absmax.len(), codes.len().div_ceil(blocksize), "one absmax per block");
     let code = dynamic_map();
-    codes
-        .iter()
-        .enumerate()
-        .map(|(i, &c)| code[c as usize] * absmax[i / blocksize])
-        .collect()
+    codes.iter().enumerate().map(|(i, &c)| code[c as usize] * absmax[i / blocksize]).collect()
 }
 
 /// The mean that double quantization subtracts, in the manner of torch's CUDA `mean()` on a
@@ -363,11 +347,7 @@ impl Nf4Scales {
     pub fn double_quantize_with_offset(absmax: &[f32], offset: f32) -> Nf4Scales {
         let centered: Vec<f32> = absmax.iter().map(|&a| a - offset).collect();
         let (codes, scales) = quantize_blockwise_dynamic(&centered, DOUBLE_QUANT_BLOCK_SIZE);
-        Nf4Scales::Double {
-            codes,
-            scales,
-            offset,
-        }
+        Nf4Scales::Double { codes, scales, offset }
     }
 
     /// Number of 64-value blocks these scales describe.
@@ -383,11 +363,9 @@ impl Nf4Scales {
     pub fn block_absmax(&self, i: usize) -> f32 {
         match self {
             Nf4Scales::Plain(a) => a[i],
-            Nf4Scales::Double {
-                codes,
-                scales,
-                offset,
-            } => dynamic_map()[codes[i] as usize] * scales[i / DOUBLE_QUANT_BLOCK_SIZE] + offset,
+            Nf4Scales::Double { codes, scales, offset } => {
+                dynamic_map()[codes[i] as usize] * scales[i / DOUBLE_QUANT_BLOCK_SIZE] + offset
+            }
         }
     }
 
@@ -420,9 +398,7 @@ const DEQUANT_CHUNK: usize = 64 * NF4_BLOCK_SIZE;
 
 fn checked_numel(shape: &[usize]) -> Result<usize> {
     if shape.is_empty() {
-        return Err(Error::Msg(
-            "nf4: shape must have at least one dimension".into(),
-        ));
+        return Err(Error::Msg("nf4: shape must have at least one dimension".into()));
     }
     let n = shape
         .iter()
@@ -444,10 +420,7 @@ impl Nf4Weight {
     pub fn quantize(values: &[f32], shape: &[usize], double_quant: bool) -> Result<Nf4Weight> {
         let n = checked_numel(shape)?;
         if values.len() != n {
-            return Err(Error::Msg(format!(
-                "nf4: {} values for shape {shape:?} ({n} elements)",
-                values.len()
-            )));
+            return Err(Error::Msg(format!("nf4: {} values for shape {shape:?} ({n} elements)", values.len())));
         }
         let n_blocks = n.div_ceil(NF4_BLOCK_SIZE);
         let mut packed = vec![0u8; n.div_ceil(2)];
@@ -468,16 +441,8 @@ impl Nf4Weight {
                     *byte = (hi << 4) | lo;
                 }
             });
-        let scales = if double_quant {
-            Nf4Scales::double_quantize(&absmax)
-        } else {
-            Nf4Scales::Plain(absmax)
-        };
-        Ok(Nf4Weight {
-            shape: shape.to_vec(),
-            packed,
-            scales,
-        })
+        let scales = if double_quant { Nf4Scales::double_quantize(&absmax) } else { Nf4Scales::Plain(absmax) };
+        Ok(Nf4Weight { shape: shape.to_vec(), packed, scales })
     }
 
     /// Builds a weight from stored parts, e.g. the tensors of a bitsandbytes / Hugging Face
@@ -511,11 +476,7 @@ impl Nf4Weight {
                 )));
             }
         }
-        Ok(Nf4Weight {
-            shape: shape.to_vec(),
-            packed,
-            scales,
-        })
+        Ok(Nf4Weight { shape: shape.to_vec(), packed, scales })
     }
 
     /// The logical shape, e.g. `[out_features, in_features]`.
@@ -585,14 +546,9 @@ impl Nf4Weight {
     /// that straddle the panel's edges are handled.
     pub fn dequantize_rows(&self, row_start: usize, n_rows: usize, out: &mut [f32]) -> Result<()> {
         let (rows, cols) = self.rows_cols();
-        let row_end = row_start
-            .checked_add(n_rows)
-            .filter(|&e| e <= rows)
-            .ok_or_else(|| {
-                Error::Msg(format!(
-                    "nf4: rows {row_start}..{row_start}+{n_rows} out of range for {rows} rows"
-                ))
-            })?;
+        let row_end = row_start.checked_add(n_rows).filter(|&e| e <= rows).ok_or_else(|| {
+            Error::Msg(format!("nf4: rows {row_start}..{row_start}+{n_rows} out of range for {rows} rows"))
+        })?;
         if out.len() != n_rows * cols {
             return Err(Error::Msg(format!(
                 "nf4: output holds {} values, rows {row_start}..{row_end} need {}",
@@ -611,19 +567,15 @@ impl Nf4Weight {
         }
         let end = start + out.len();
         let first_block = start / NF4_BLOCK_SIZE;
-        let absmax = self
-            .scales
-            .decode_range(first_block, end.div_ceil(NF4_BLOCK_SIZE));
-        out.par_chunks_mut(DEQUANT_CHUNK)
-            .enumerate()
-            .for_each(|(c, chunk)| {
-                let base = start + c * DEQUANT_CHUNK;
-                for (k, o) in chunk.iter_mut().enumerate() {
-                    let e = base + k;
-                    let scale = absmax[e / NF4_BLOCK_SIZE - first_block];
-                    *o = NF4_CODE[self.index(e) as usize] * scale;
-                }
-            });
+        let absmax = self.scales.decode_range(first_block, end.div_ceil(NF4_BLOCK_SIZE));
+        out.par_chunks_mut(DEQUANT_CHUNK).enumerate().for_each(|(c, chunk)| {
+            let base = start + c * DEQUANT_CHUNK;
+            for (k, o) in chunk.iter_mut().enumerate() {
+                let e = base + k;
+                let scale = absmax[e / NF4_BLOCK_SIZE - first_block];
+                *o = NF4_CODE[self.index(e) as usize] * scale;
+            }
+        });
     }
 
     /// Bytes this weight occupies: the packed indices plus the scales (about 4.127 bits per
@@ -692,23 +644,14 @@ mod tests {
         // rustc, rounds the decimal directly to the float one ulp away. Bits below were printed
         // by device code built with nvcc 13.0 --use_fast_math (`bf591cd9 3df64863 3f006d03
         // 3f5c89d9`), and the `nf4_ties` case of the bitsandbytes fixture confirms them.
-        let kernel_bits: [(usize, u32); 4] = [
-            (0, 0xbf591cd9),
-            (8, 0x3df64863),
-            (12, 0x3f006d03),
-            (14, 0x3f5c89d9),
-        ];
+        let kernel_bits: [(usize, u32); 4] = [(0, 0xbf591cd9), (8, 0x3df64863), (12, 0x3f006d03), (14, 0x3f5c89d9)];
         for (i, bits) in kernel_bits {
             assert_eq!(NF4_THRESHOLDS[i].to_bits(), bits, "threshold {i}");
         }
         for i in 0..15 {
             let mid = (NF4_CODE[i] + NF4_CODE[i + 1]) / 2.0;
             let ulps = (mid.to_bits() as i64 - NF4_THRESHOLDS[i].to_bits() as i64).abs();
-            let expected = if kernel_bits.iter().any(|&(k, _)| k == i) {
-                1
-            } else {
-                0
-            };
+            let expected = if kernel_bits.iter().any(|&(k, _)| k == i) { 1 } else { 0 };
             assert_eq!(ulps, expected, "threshold {i} vs the f32 midpoint");
         }
         // From DESIGN.md's codes: the midpoint of codes 7 and 8 is (0 + 0.0796)/2.
@@ -753,22 +696,14 @@ mod tests {
         // 2.15 on x86-64. Element 3 of n=9 is 0x3ee00000 (0.4375) only with torch's
         // fused multiply-add; a plain `start + step * i` gives the neighbouring float.
         let expect9: [u32; 9] = [
-            0x3dcccccd, 0x3e59999a, 0x3ea66666, 0x3ee00000, 0x3f0ccccd, 0x3f29999a, 0x3f466666,
-            0x3f633333, 0x3f800000,
+            0x3dcccccd, 0x3e59999a, 0x3ea66666, 0x3ee00000, 0x3f0ccccd, 0x3f29999a, 0x3f466666, 0x3f633333, 0x3f800000,
         ];
         let expect17: [u32; 17] = [
-            0x3dcccccd, 0x3e200000, 0x3e59999a, 0x3e89999a, 0x3ea66666, 0x3ec33333, 0x3ee00000,
-            0x3efccccc, 0x3f0ccccd, 0x3f1b3333, 0x3f29999a, 0x3f380000, 0x3f466666, 0x3f54cccd,
-            0x3f633333, 0x3f71999a, 0x3f800000,
+            0x3dcccccd, 0x3e200000, 0x3e59999a, 0x3e89999a, 0x3ea66666, 0x3ec33333, 0x3ee00000, 0x3efccccc, 0x3f0ccccd,
+            0x3f1b3333, 0x3f29999a, 0x3f380000, 0x3f466666, 0x3f54cccd, 0x3f633333, 0x3f71999a, 0x3f800000,
         ];
-        let got9: Vec<u32> = torch_linspace_f32(0.1, 1.0, 9)
-            .iter()
-            .map(|x| x.to_bits())
-            .collect();
-        let got17: Vec<u32> = torch_linspace_f32(0.1, 1.0, 17)
-            .iter()
-            .map(|x| x.to_bits())
-            .collect();
+        let got9: Vec<u32> = torch_linspace_f32(0.1, 1.0, 9).iter().map(|x| x.to_bits()).collect();
+        let got17: Vec<u32> = torch_linspace_f32(0.1, 1.0, 17).iter().map(|x| x.to_bits()).collect();
         assert_eq!(got9, expect9);
         assert_eq!(got17, expect17);
     }
@@ -793,11 +728,7 @@ mod tests {
         }
         // Order-sensitive checksum of all 256 bit patterns, sum((i + 1) * bits[i]), of the
         // same bitsandbytes map.
-        let sum: u64 = m
-            .iter()
-            .enumerate()
-            .map(|(i, x)| (i as u64 + 1) * x.to_bits() as u64)
-            .sum();
+        let sum: u64 = m.iter().enumerate().map(|(i, x)| (i as u64 + 1) * x.to_bits() as u64).sum();
         assert_eq!(sum, 51_200_865_550_848);
         assert!(m.windows(2).all(|w| w[0] < w[1]), "sorted, distinct");
         for k in 0..127 {
@@ -809,25 +740,13 @@ mod tests {
     fn dynamic_index_nearest_and_ties() {
         let m = dynamic_map();
         for (j, &c) in m.iter().enumerate() {
-            assert_eq!(
-                dynamic_index(m, c) as usize,
-                j,
-                "code value {j} maps to itself"
-            );
+            assert_eq!(dynamic_index(m, c) as usize, j, "code value {j} maps to itself");
         }
         for j in 0..255 {
             let mid = (m[j] + m[j + 1]) * 0.5;
             // Off the midpoint the choice is the nearest code.
-            assert_eq!(
-                dynamic_index(m, next_up(mid)) as usize,
-                j + 1,
-                "above mid {j}"
-            );
-            assert_eq!(
-                dynamic_index(m, next_down(mid)) as usize,
-                j,
-                "below mid {j}"
-            );
+            assert_eq!(dynamic_index(m, next_up(mid)) as usize, j + 1, "above mid {j}");
+            assert_eq!(dynamic_index(m, next_down(mid)) as usize, j, "below mid {j}");
             // On it, dQuantize keeps its last probe: either neighbour, fixed by the search path
             // (the fixture test checks the exact choice against bitsandbytes).
             let tie = dynamic_index(m, mid) as usize;
@@ -847,10 +766,7 @@ mod tests {
         v[..6].copy_from_slice(&[1.0, -1.0, 0.0, NF4_CODE[8], NF4_CODE[6], NF4_CODE[13]]);
         let w = Nf4Weight::quantize(&v, &[64], false).unwrap();
         assert_eq!(&w.packed()[..3], &[0xF0, 0x78, 0x6D]);
-        assert!(
-            w.packed()[3..].iter().all(|&b| b == 0x77),
-            "zeros are index 7"
-        );
+        assert!(w.packed()[3..].iter().all(|&b| b == 0x77), "zeros are index 7");
         assert_eq!(w.index(0), 15);
         assert_eq!(w.index(1), 0);
         assert_eq!(w.index(5), 13);
@@ -870,10 +786,7 @@ mod tests {
             let a = am[i / NF4_BLOCK_SIZE];
             // |x/a - code| <= half gap; the f32 reciprocal and products add a few ulps.
             let bound = a * half_gap * (1.0 + 1e-6);
-            assert!(
-                (x - y).abs() <= bound,
-                "element {i}: {x} vs {y}, bound {bound}"
-            );
+            assert!((x - y).abs() <= bound, "element {i}: {x} vs {y}, bound {bound}");
         }
         // Each block's absmax element is reproduced exactly (index 0 or 15 times absmax).
         for (b, &a) in am.iter().enumerate() {
@@ -891,10 +804,7 @@ mod tests {
             // bitsandbytes' CUDA kernel: 0 * (1/0) = NaN, which dQuantizeNF4 sends to 0.
             assert!(w.packed()[32..64].iter().all(|&b| b == 0x00));
             let d = w.dequantize();
-            assert!(
-                d.iter().all(|x| x.is_finite()),
-                "no NaN/inf (double quant {dq})"
-            );
+            assert!(d.iter().all(|x| x.is_finite()), "no NaN/inf (double quant {dq})");
             if !dq {
                 assert_eq!(w.absmax()[1], 0.0);
                 assert!(d[64..128].iter().all(|&x| x == 0.0));
@@ -935,21 +845,10 @@ mod tests {
         }
         let plain = Nf4Weight::quantize(&v, &[n], false).unwrap();
         let dq = Nf4Weight::quantize(&v, &[n], true).unwrap();
-        assert_eq!(
-            plain.packed(),
-            dq.packed(),
-            "the 4-bit indices do not depend on dq"
-        );
+        assert_eq!(plain.packed(), dq.packed(), "the 4-bit indices do not depend on dq");
         let exact = plain.absmax();
         let decoded = dq.absmax();
-        let Nf4Scales::Double {
-            codes,
-            scales,
-            offset,
-        } = dq.scales()
-        else {
-            panic!("expected double quant")
-        };
+        let Nf4Scales::Double { codes, scales, offset } = dq.scales() else { panic!("expected double quant") };
         assert_eq!(codes.len(), 301);
         assert_eq!(scales.len(), 2);
         assert_eq!(*offset, absmax_mean(&exact));
@@ -961,15 +860,10 @@ mod tests {
         for (i, (&a, &b)) in exact.iter().zip(&decoded).enumerate() {
             let s = scales[i / DOUBLE_QUANT_BLOCK_SIZE];
             let bound = s * worst * 1.0001 + 4.0 * f32::EPSILON * a;
-            assert!(
-                (a - b).abs() <= bound,
-                "block {i}: {a} vs {b} (bound {bound})"
-            );
+            assert!((a - b).abs() <= bound, "block {i}: {a} vs {b} (bound {bound})");
             assert_eq!(s, {
                 let blk = i / 256 * 256;
-                exact[blk..(blk + 256).min(exact.len())]
-                    .iter()
-                    .fold(0.0f32, |mx, &x| mx.max((x - offset).abs()))
+                exact[blk..(blk + 256).min(exact.len())].iter().fold(0.0f32, |mx, &x| mx.max((x - offset).abs()))
             });
         }
         // The dequantized weight uses the decoded absmax.
@@ -992,14 +886,8 @@ mod tests {
                 assert_eq!(&out[..], &full[start * cols..(start + len) * cols]);
             }
             let mut out = vec![0.0; 2 * cols];
-            assert!(
-                w.dequantize_rows(12, 2, &mut out).is_err(),
-                "past the last row"
-            );
-            assert!(
-                w.dequantize_rows(0, 1, &mut out).is_err(),
-                "wrong out length"
-            );
+            assert!(w.dequantize_rows(12, 2, &mut out).is_err(), "past the last row");
+            assert!(w.dequantize_rows(0, 1, &mut out).is_err(), "wrong out length");
         }
         // A 3-D shape streams as [2*3, 70].
         let v = randn(2 * 3 * 70, 1.0, 6);
@@ -1018,11 +906,7 @@ mod tests {
         assert!(Nf4Weight::quantize(&[1.0], &[usize::MAX, 2], false).is_err());
         assert!(Nf4Weight::from_parts(&[4], vec![0; 3], Nf4Scales::Plain(vec![1.0])).is_err());
         assert!(Nf4Weight::from_parts(&[4], vec![0; 2], Nf4Scales::Plain(vec![])).is_err());
-        let bad = Nf4Scales::Double {
-            codes: vec![0; 1],
-            scales: vec![],
-            offset: 0.0,
-        };
+        let bad = Nf4Scales::Double { codes: vec![0; 1], scales: vec![], offset: 0.0 };
         assert!(Nf4Weight::from_parts(&[4], vec![0; 2], bad).is_err());
     }
 
@@ -1030,8 +914,7 @@ mod tests {
     fn from_parts_round_trip_and_storage() {
         let v = randn(4096 + 64, 1.0, 8);
         let w = Nf4Weight::quantize(&v, &[65, 64], true).unwrap();
-        let again =
-            Nf4Weight::from_parts(w.shape(), w.packed().to_vec(), w.scales().clone()).unwrap();
+        let again = Nf4Weight::from_parts(w.shape(), w.packed().to_vec(), w.scales().clone()).unwrap();
         assert_eq!(again, w);
         // 65 blocks: 2080 packed bytes, 65 codes, 1 scale, 1 offset.
         assert_eq!(w.storage_bytes(), 2080 + 65 + 4 + 4);
@@ -1049,10 +932,7 @@ mod tests {
         let m = dynamic_map();
         let half_gap = m.windows(2).map(|w| w[1] - w[0]).fold(0.0, f32::max) / 2.0;
         for (i, (&x, &y)) in v.iter().zip(&d).enumerate() {
-            assert!(
-                (x - y).abs() <= absmax[i / 256] * half_gap * 1.0001,
-                "{i}: {x} vs {y}"
-            );
+            assert!((x - y).abs() <= absmax[i / 256] * half_gap * 1.0001, "{i}: {x} vs {y}");
         }
     }
 }

@@ -33,20 +33,11 @@ pub fn strides(shape: &[usize]) -> Vec<usize> {
 /// Asserts `got` and `want` agree elementwise: `|got - want| <= atol + rtol * |want|`.
 #[track_caller]
 pub fn assert_close(what: &str, got: &[f64], want: &[f64], atol: f64, rtol: f64) {
-    assert_eq!(
-        got.len(),
-        want.len(),
-        "{what}: {} values, expected {}",
-        got.len(),
-        want.len()
-    );
+    assert_eq!(got.len(), want.len(), "{what}: {} values, expected {}", got.len(), want.len());
     let mut worst = (0.0f64, 0usize);
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let excess = (g - w).abs() - (atol + rtol * w.abs());
-        assert!(
-            !g.is_nan() || w.is_nan(),
-            "{what}: NaN at {i} (expected {w})"
-        );
+        assert!(!g.is_nan() || w.is_nan(), "{what}: NaN at {i} (expected {w})");
         if excess > worst.0 {
             worst = (excess, i);
         }

@@ -22,11 +22,7 @@ pub fn grid_dim(n: usize, multiprocessors: u32) -> u32 {
 
 /// The launch shape for `n` elements on `gpu`.
 fn config(gpu: &Gpu, n: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (grid_dim(n, gpu.multiprocessors()), 1, 1),
-        block_dim: (BLOCK, 1, 1),
-        shared_mem_bytes: 0,
-    }
+    LaunchConfig { grid_dim: (grid_dim(n, gpu.multiprocessors()), 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
 }
 
 /// `y = bf16(x)`, rounding to nearest even; `x` and `y` of equal length (zero is a no-op).
@@ -62,12 +58,7 @@ fn cast<S: KernelFloat, D: KernelFloat>(
 
 /// `out = a + b` elementwise (bf16: summed in f32, rounded once); all three of equal length
 /// (zero is a no-op).
-pub fn add<T: KernelFloat>(
-    gpu: &Gpu,
-    a: &CudaSlice<T>,
-    b: &CudaSlice<T>,
-    out: &mut CudaSlice<T>,
-) -> Result<()> {
+pub fn add<T: KernelFloat>(gpu: &Gpu, a: &CudaSlice<T>, b: &CudaSlice<T>, out: &mut CudaSlice<T>) -> Result<()> {
     let kernel = T::pick("add_fwd_f32", "add_fwd_bf16");
     let n = a.len();
     check_len(kernel, "b", b.len(), n)?;

@@ -57,10 +57,7 @@ impl KernelFloat for bf16 {
 
 /// An [`Error::InvalidArgument`] for `kernel`.
 fn invalid(kernel: &str, message: String) -> Error {
-    Error::InvalidArgument {
-        kernel: kernel.to_string(),
-        message,
-    }
+    Error::InvalidArgument { kernel: kernel.to_string(), message }
 }
 
 /// Fails unless buffer `what` holds exactly `want` elements.
@@ -68,9 +65,6 @@ fn check_len(kernel: &str, what: &str, got: usize, want: usize) -> Result<()> {
     if got == want {
         Ok(())
     } else {
-        Err(invalid(
-            kernel,
-            format!("{what} has {got} elements, expected {want}"),
-        ))
+        Err(invalid(kernel, format!("{what} has {got} elements, expected {want}")))
     }
 }

@@ -27,25 +27,17 @@ pub fn block_dim(width: usize) -> u32 {
 /// Checks `rows` and `width` and returns `rows * width`.
 fn check_dims(kernel: &str, rows: usize, width: usize) -> Result<usize> {
     if width == 0 || width > MAX_WIDTH {
-        return Err(invalid(
-            kernel,
-            format!("width {width} outside 1..={MAX_WIDTH}"),
-        ));
+        return Err(invalid(kernel, format!("width {width} outside 1..={MAX_WIDTH}")));
     }
     if rows > MAX_ROWS {
         return Err(invalid(kernel, format!("{rows} rows exceed {MAX_ROWS}")));
     }
-    rows.checked_mul(width)
-        .ok_or_else(|| invalid(kernel, format!("{rows} x {width} overflows")))
+    rows.checked_mul(width).ok_or_else(|| invalid(kernel, format!("{rows} x {width} overflows")))
 }
 
 /// The launch shape for `rows` rows of `width`.
 fn config(rows: usize, width: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (rows as u32, 1, 1),
-        block_dim: (block_dim(width), 1, 1),
-        shared_mem_bytes: 0,
-    }
+    LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (block_dim(width), 1, 1), shared_mem_bytes: 0 }
 }
 
 /// RMSNorm forward: `y = x * rstd * weight` row by row, and `rstd` per row.
@@ -78,13 +70,7 @@ pub fn rms_norm_fwd<T: KernelFloat>(
     let function = gpu.kernel(&RMS_NORM, kernel)?;
     let width_arg = width as i32;
     let mut launch = gpu.stream().launch_builder(&function);
-    launch
-        .arg(x)
-        .arg(weight)
-        .arg(y)
-        .arg(rstd)
-        .arg(&width_arg)
-        .arg(&eps);
+    launch.arg(x).arg(weight).arg(y).arg(rstd).arg(&width_arg).arg(&eps);
     // SAFETY: the arguments match the kernel's signature (pointers, int, float) and every buffer
     // holds the elements the kernel touches (checked above).
     unsafe { launch.launch(config(rows, width)) }.during(kernel)?;
@@ -119,13 +105,7 @@ pub fn rms_norm_bwd<T: KernelFloat>(
     let function = gpu.kernel(&RMS_NORM, kernel)?;
     let width_arg = width as i32;
     let mut launch = gpu.stream().launch_builder(&function);
-    launch
-        .arg(x)
-        .arg(weight)
-        .arg(rstd)
-        .arg(dy)
-        .arg(dx)
-        .arg(&width_arg);
+    launch.arg(x).arg(weight).arg(rstd).arg(dy).arg(dx).arg(&width_arg);
     // SAFETY: as in `rms_norm_fwd`.
     unsafe { launch.launch(config(rows, width)) }.during(kernel)?;
     Ok(())
@@ -139,10 +119,7 @@ mod tests {
     fn block_dim_is_a_warp_multiple_within_limits() {
         for width in [1, 7, 255, 256, 257, 576, 4096, 4097, 8192, 1 << 20] {
             let b = block_dim(width);
-            assert!(
-                b.is_multiple_of(32) && (32..=1024).contains(&b),
-                "{width}: {b}"
-            );
+            assert!(b.is_multiple_of(32) && (32..=1024).contains(&b), "{width}: {b}");
         }
         assert_eq!(block_dim(1), 32);
         assert_eq!(block_dim(576), 96);

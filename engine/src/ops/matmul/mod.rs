@@ -14,7 +14,6 @@ use rayon::prelude::*;
 use std::borrow::Cow;
 use std::sync::Arc;
 
-
 /// `a @ b` for `a: [..., m, k]` and `b: [..., k, n]` (same batch dims) or `b: [k, n]`.
 pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     same_dtype("matmul", a, b)?;
@@ -24,7 +23,10 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     a.check_same_device(b, "matmul")?;
     let (ra, rb) = (a.rank(), b.rank());
     if ra < 2 || rb < 2 {
-        return Err(Error::shape("matmul", format!("operands must be at least 2-D: {:?} @ {:?}", a.shape(), b.shape())));
+        return Err(Error::shape(
+            "matmul",
+            format!("operands must be at least 2-D: {:?} @ {:?}", a.shape(), b.shape()),
+        ));
     }
     let (m, k) = (a.shape()[ra - 2], a.shape()[ra - 1]);
     let (k2, n) = (b.shape()[rb - 2], b.shape()[rb - 1]);
@@ -127,15 +129,54 @@ fn operand<'a, T: Real + StorageElem>(t: &Tensor, s: &'a CpuStorage) -> Operand<
 /// f32/f64 GEMM entry points of matrixmultiply.
 pub(crate) trait Gemm: Real + StorageElem {
     #[allow(clippy::too_many_arguments)]
-    unsafe fn gemm(m: usize, k: usize, n: usize, a: *const Self, rsa: isize, csa: isize, b: *const Self, rsb: isize, csb: isize, c: *mut Self, rsc: isize, csc: isize);
+    unsafe fn gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: *const Self,
+        rsa: isize,
+        csa: isize,
+        b: *const Self,
+        rsb: isize,
+        csb: isize,
+        c: *mut Self,
+        rsc: isize,
+        csc: isize,
+    );
 }
 impl Gemm for f32 {
-    unsafe fn gemm(m: usize, k: usize, n: usize, a: *const f32, rsa: isize, csa: isize, b: *const f32, rsb: isize, csb: isize, c: *mut f32, rsc: isize, csc: isize) {
+    unsafe fn gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: *const f32,
+        rsa: isize,
+        csa: isize,
+        b: *const f32,
+        rsb: isize,
+        csb: isize,
+        c: *mut f32,
+        rsc: isize,
+        csc: isize,
+    ) {
         matrixmultiply::sgemm(m, k, n, 1.0, a, rsa, csa, b, rsb, csb, 0.0, c, rsc, csc)
     }
 }
 impl Gemm for f64 {
-    unsafe fn gemm(m: usize, k: usize, n: usize, a: *const f64, rsa: isize, csa: isize, b: *const f64, rsb: isize, csb: isize, c: *mut f64, rsc: isize, csc: isize) {
+    unsafe fn gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: *const f64,
+        rsa: isize,
+        csa: isize,
+        b: *const f64,
+        rsb: isize,
+        csb: isize,
+        c: *mut f64,
+        rsc: isize,
+        csc: isize,
+    ) {
         matrixmultiply::dgemm(m, k, n, 1.0, a, rsa, csa, b, rsb, csb, 0.0, c, rsc, csc)
     }
 }
@@ -170,7 +211,20 @@ fn gemm_cpu<T: Gemm>(a: &Tensor, b: &Tensor, d: &Dims) -> Vec<T> {
         // SAFETY: strides and offsets come from the tensors' own layouts, which were
         // checked against the storage length when the views were made.
         unsafe {
-            T::gemm(m, k, n, oa.data.as_ptr().add(pa), oa.rs, oa.cs, ob.data.as_ptr().add(pb), ob.rs, ob.cs, c.as_mut_ptr(), n as isize, 1);
+            T::gemm(
+                m,
+                k,
+                n,
+                oa.data.as_ptr().add(pa),
+                oa.rs,
+                oa.cs,
+                ob.data.as_ptr().add(pb),
+                ob.rs,
+                ob.cs,
+                c.as_mut_ptr(),
+                n as isize,
+                1,
+            );
         }
     });
     out
