@@ -8,6 +8,7 @@
 //!   state: codes within one code step (equal is expected), absmax and parameters within 1e-6.
 //! - On a small quadratic problem, the 8-bit trajectory stays close to the f32 one.
 
+use engine::quant::dynamic_map::{signed_map, unsigned_map};
 use std::sync::OnceLock;
 
 use kernels_cuda::cudarc::driver::{CudaSlice, DeviceRepr};
@@ -226,42 +227,9 @@ fn cuda_adamw_f32_grad_bf16() {
 // ---------------------------------------------------------------------------------------------
 // 8-bit moments
 
-/// `torch.linspace(start, end, steps, dtype=torch.float32)` on the CPU, value for value.
-fn torch_linspace_f32(start: f32, end: f32, steps: usize) -> Vec<f32> {
-    let step = (end - start) / (steps - 1) as f32;
-    let halfway = steps / 2;
-    (0..steps)
-        .map(|i| if i < halfway { step.mul_add(i as f32, start) } else { (-step).mul_add((steps - 1 - i) as f32, end) })
-        .collect()
-}
-
-/// bitsandbytes' `create_dynamic_map(signed, max_exponent_bits=7, total_bits=8)`.
-fn dynamic_map(signed: bool) -> [f32; 256] {
-    const POW10: [f64; 7] = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0];
-    let mut data: Vec<f32> = Vec::with_capacity(256);
-    for (i, &pow10) in POW10.iter().enumerate() {
-        let items = if signed { 1usize << i } else { 1usize << (i + 1) };
-        let boundaries = torch_linspace_f32(0.1, 1.0, items + 1);
-        let scale = pow10 as f32;
-        let means: Vec<f32> = boundaries.windows(2).map(|w| (w[0] + w[1]) / 2.0).collect();
-        data.extend(means.iter().map(|&m| scale * m));
-        if signed {
-            data.extend(means.iter().map(|&m| -scale * m));
-        }
-    }
-    data.push(0.0);
-    data.push(1.0);
-    assert_eq!(data.len(), 256);
-    data.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let mut out = [0f32; 256];
-    out.copy_from_slice(&data);
-    out
-}
-
-/// The signed map then the unsigned one, checked against engine's signed map.
+/// The signed map then the unsigned one (engine's, checked against bitsandbytes there).
 fn maps() -> Vec<f32> {
-    let (signed, unsigned) = (dynamic_map(true), dynamic_map(false));
-    assert_eq!(signed, engine::quant::nf4::create_dynamic_map_signed(), "signed map differs from engine's");
+    let (signed, unsigned) = (*signed_map(), *unsigned_map());
     assert_eq!((unsigned[0], unsigned[255]), (0.0, 1.0));
     assert!((unsigned[1] - 1e-6 * 0.325).abs() < 1e-12 && unsigned.windows(2).all(|w| w[0] < w[1]));
     let mut both = signed.to_vec();

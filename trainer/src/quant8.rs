@@ -7,63 +7,10 @@
 //! stored as the map index that [`quantize_2d`] picks for `value / absmax`, exactly as the CUDA
 //! kernel `kOptimizerStatic8bit2StateBlockwise` picks it (`quantize_2D<SIGNED>`).
 
-use std::sync::OnceLock;
-
 /// Values per quantization block of an 8-bit optimizer state (bitsandbytes' `blocksize = 256`).
 pub const STATE_BLOCK: usize = 256;
 
-/// `torch.linspace(start, end, steps, dtype=torch.float32)` on the CPU, value for value (the
-/// first half counts up from `start`, the second half down from `end`, each one fused
-/// multiply-add), as engine's NF4 code builds the signed map.
-fn torch_linspace_f32(start: f32, end: f32, steps: usize) -> Vec<f32> {
-    let step = (end - start) / (steps - 1) as f32;
-    let halfway = steps / 2;
-    (0..steps)
-        .map(|i| if i < halfway { step.mul_add(i as f32, start) } else { (-step).mul_add((steps - 1 - i) as f32, end) })
-        .collect()
-}
-
-/// bitsandbytes' `create_dynamic_map(signed, max_exponent_bits=7, total_bits=8)`: for each
-/// exponent `i` in 0..7 the midpoints of `linspace(0.1, 1, n_i + 1)` (float32) times `10^(i-6)`,
-/// where `n_i = 2^i` (signed, both signs) or `2^(i+1)` (unsigned), then 0 and 1.0, sorted.
-///
-/// Signed: 127 negative values from -0.99296874, 0 at index 127, 127 positive values, 1.0 at
-/// index 255. Unsigned: 0 at index 0, 254 positive values, 1.0 at index 255.
-pub fn create_dynamic_map(signed: bool) -> [f32; 256] {
-    // `10 ** (i - 6)` in Python (a float64, an int for i = 6) times a float32 tensor: torch
-    // multiplies in float32 by the scalar rounded to float32.
-    const POW10: [f64; 7] = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0];
-    let mut data: Vec<f32> = Vec::with_capacity(256);
-    for (i, &pow10) in POW10.iter().enumerate() {
-        let items = if signed { 1usize << i } else { 1usize << (i + 1) };
-        let boundaries = torch_linspace_f32(0.1, 1.0, items + 1);
-        let scale = pow10 as f32;
-        let means: Vec<f32> = boundaries.windows(2).map(|w| (w[0] + w[1]) / 2.0).collect();
-        data.extend(means.iter().map(|&m| scale * m));
-        if signed {
-            data.extend(means.iter().map(|&m| -scale * m));
-        }
-    }
-    data.push(0.0);
-    data.push(1.0);
-    assert_eq!(data.len(), 256, "dynamic map must have 256 entries");
-    data.sort_by(|a, b| a.partial_cmp(b).expect("dynamic map has no NaN"));
-    let mut out = [0f32; 256];
-    out.copy_from_slice(&data);
-    out
-}
-
-/// The signed dynamic map (first moment), built once.
-pub fn signed_map() -> &'static [f32; 256] {
-    static MAP: OnceLock<[f32; 256]> = OnceLock::new();
-    MAP.get_or_init(|| create_dynamic_map(true))
-}
-
-/// The unsigned dynamic map (second moment), built once.
-pub fn unsigned_map() -> &'static [f32; 256] {
-    static MAP: OnceLock<[f32; 256]> = OnceLock::new();
-    MAP.get_or_init(|| create_dynamic_map(false))
-}
+pub use engine::quant::dynamic_map::{create_dynamic_map, signed_map, unsigned_map};
 
 /// The map index of `x` (a value already divided by its block's absmax), as bitsandbytes'
 /// `quantize_2D<SIGNED>`: a 7-step binary search from index 127, then the choice between the
@@ -185,8 +132,6 @@ mod tests {
         assert_eq!(s[255], 1.0);
         assert!((s[0] + 0.99296874).abs() < 1e-7, "{}", s[0]);
         assert!(s.windows(2).all(|w| w[0] < w[1]));
-        // The signed map equals the one engine builds for NF4 double quantization.
-        assert_eq!(s, &engine::quant::nf4::create_dynamic_map_signed());
         let u = unsigned_map();
         assert_eq!(u[0], 0.0);
         assert_eq!(u[255], 1.0);

@@ -48,8 +48,6 @@
 //!   exact nearest-value search (57 of 32768 absmax codes differed in a trial).
 //! - A block whose values are all NaN gets absmax 0 here (CUDA reports `-FLT_MAX`).
 
-use std::sync::OnceLock;
-
 use rayon::prelude::*;
 
 use crate::{Error, Result};
@@ -168,51 +166,10 @@ pub fn nf4_index(x: f32) -> u8 {
     }
 }
 
-/// `torch.linspace(start, end, steps, dtype=torch.float32)` on the CPU, value for value: the
-/// first half counts up from `start`, the second half down from `end`, each as one fused
-/// multiply-add (this reproduces torch's kernel bit for bit; a unit test checks the dynamic map
-/// built from it against the values bitsandbytes produced).
-fn torch_linspace_f32(start: f32, end: f32, steps: usize) -> Vec<f32> {
-    let step = (end - start) / (steps - 1) as f32;
-    let halfway = steps / 2;
-    (0..steps)
-        .map(|i| if i < halfway { step.mul_add(i as f32, start) } else { (-step).mul_add((steps - 1 - i) as f32, end) })
-        .collect()
-}
-
-/// Builds bitsandbytes' `create_dynamic_map(signed=True, max_exponent_bits=7, total_bits=8)`
-/// the way its Python code does: for each exponent `i` in 0..7, the midpoints of
-/// `linspace(0.1, 1, 2^i + 1)` (float32) scaled by `10^(i - 6)`, with both signs, plus 0 and
-/// 1.0, sorted. 256 entries from -0.99296874 to 1.0, with 0 at index 127.
-pub fn create_dynamic_map_signed() -> [f32; 256] {
-    const MAX_EXPONENT_BITS: i32 = 7;
-    // `10 ** (-(max_exponent_bits - 1) + i)` in Python: a float64 power of ten (an int for
-    // i = 6), which torch rounds to float32 before multiplying the float32 means.
-    const POW10: [f64; 7] = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0];
-    let mut data: Vec<f32> = Vec::with_capacity(256);
-    for (i, &pow10) in POW10.iter().enumerate().take(MAX_EXPONENT_BITS as usize) {
-        // signed: 2^(i + non_sign_bits - max_exponent_bits) + 1 = 2^i + 1 boundaries.
-        let fraction_items = (1usize << i) + 1;
-        let boundaries = torch_linspace_f32(0.1, 1.0, fraction_items);
-        let scale = pow10 as f32;
-        let means: Vec<f32> = boundaries.windows(2).map(|w| (w[0] + w[1]) / 2.0).collect();
-        data.extend(means.iter().map(|&m| scale * m));
-        data.extend(means.iter().map(|&m| -scale * m));
-    }
-    // additional_items = 2^(7 - 7) - 1 = 0: nothing more for these parameters.
-    data.push(0.0);
-    data.push(1.0);
-    assert_eq!(data.len(), 256, "dynamic map must have 256 entries");
-    data.sort_by(|a, b| a.partial_cmp(b).expect("dynamic map has no NaN"));
-    let mut out = [0f32; 256];
-    out.copy_from_slice(&data);
-    out
-}
-
-/// The signed dynamic 8-bit map ([`create_dynamic_map_signed`]), built once and cached.
+/// The signed dynamic 8-bit map that double quantization indexes (bitsandbytes'
+/// `create_dynamic_map(signed=True)`), built once.
 pub fn dynamic_map() -> &'static [f32; 256] {
-    static MAP: OnceLock<[f32; 256]> = OnceLock::new();
-    MAP.get_or_init(create_dynamic_map_signed)
+    super::dynamic_map::signed_map()
 }
 
 /// The 8-bit index of `x` (already divided by its block's absmax) in a sorted 256-entry `code`,
@@ -588,6 +545,7 @@ impl Nf4Weight {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::quant::dynamic_map::torch_linspace_f32;
 
     /// Small deterministic generator (xorshift64*), so the tests need no extra crates.
     struct Rng(u64);
