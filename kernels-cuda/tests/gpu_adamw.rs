@@ -8,7 +8,7 @@
 //!   state: codes within one code step (equal is expected), absmax and parameters within 1e-6.
 //! - On a small quadratic problem, the 8-bit trajectory stays close to the f32 one.
 
-use engine::quant::dynamic_map::{signed_map, unsigned_map};
+use engine::quant::dynamic_map::{quantize_2d, signed_map, unsigned_map};
 use std::sync::OnceLock;
 
 use kernels_cuda::cudarc::driver::{CudaSlice, DeviceRepr};
@@ -238,39 +238,6 @@ fn maps() -> Vec<f32> {
     both
 }
 
-/// bitsandbytes' `quantize_2D<SIGNED>`.
-fn quantize_2d(code: &[f32], signed: bool, x: f32) -> u8 {
-    let (mut pivot, mut upper_pivot, mut lower_pivot) = (127usize, 255usize, 0usize);
-    let (mut lower, mut upper) = (if signed { -1.0f32 } else { 0.0 }, 1.0f32);
-    let mut val = code[pivot];
-    let mut i = 64;
-    while i > 0 {
-        if x > val {
-            lower_pivot = pivot;
-            lower = val;
-            pivot += i;
-        } else {
-            upper_pivot = pivot;
-            upper = val;
-            pivot -= i;
-        }
-        val = code[pivot];
-        i >>= 1;
-    }
-    let chosen = if x > val {
-        if x > (upper + val) * 0.5 {
-            upper_pivot
-        } else {
-            pivot
-        }
-    } else if x < (lower + val) * 0.5 {
-        lower_pivot
-    } else {
-        pivot
-    };
-    chosen as u8
-}
-
 /// A blockwise 8-bit state on the host.
 #[derive(Clone)]
 struct Q8 {
@@ -281,7 +248,7 @@ struct Q8 {
 /// bitsandbytes' blockwise 8-bit AdamW step on the CPU (`trainer::optim::bnb_adam8_blockwise`'s
 /// arithmetic); `g` already scaled.
 fn bnb_step(p: &mut [f32], m: &mut Q8, v: &mut Q8, g: &[f32], maps: &[f32], s: &Bnb8bitScalars) {
-    let (smap, umap) = maps.split_at(256);
+    let (smap, umap): (&[f32; 256], &[f32; 256]) = (maps[..256].try_into().unwrap(), maps[256..].try_into().unwrap());
     let n = p.len();
     for (b, start) in (0..n).step_by(STATE_BLOCK).enumerate() {
         let end = (start + STATE_BLOCK).min(n);

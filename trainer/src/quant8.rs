@@ -10,46 +10,7 @@
 /// Values per quantization block of an 8-bit optimizer state (bitsandbytes' `blocksize = 256`).
 pub const STATE_BLOCK: usize = 256;
 
-pub use engine::quant::dynamic_map::{create_dynamic_map, signed_map, unsigned_map};
-
-/// The map index of `x` (a value already divided by its block's absmax), as bitsandbytes'
-/// `quantize_2D<SIGNED>`: a 7-step binary search from index 127, then the choice between the
-/// last probe and its bracketing neighbour by comparing `x` with their float32 midpoint. The
-/// bracket starts as [-1, 1] (signed) or [0, 1] (unsigned). NaN ends at index 0.
-pub fn quantize_2d(code: &[f32; 256], signed: bool, x: f32) -> u8 {
-    let mut pivot: usize = 127;
-    let mut upper_pivot: usize = 255;
-    let mut lower_pivot: usize = 0;
-    let mut lower = if signed { -1.0f32 } else { 0.0 };
-    let mut upper = 1.0f32;
-    let mut val = code[pivot];
-    let mut i = 64;
-    while i > 0 {
-        if x > val {
-            lower_pivot = pivot;
-            lower = val;
-            pivot += i;
-        } else {
-            upper_pivot = pivot;
-            upper = val;
-            pivot -= i;
-        }
-        val = code[pivot];
-        i >>= 1;
-    }
-    let chosen = if x > val {
-        if x > (upper + val) * 0.5 {
-            upper_pivot
-        } else {
-            pivot
-        }
-    } else if x < (lower + val) * 0.5 {
-        lower_pivot
-    } else {
-        pivot
-    };
-    chosen as u8
-}
+pub use engine::quant::dynamic_map::{create_dynamic_map, quantize_2d, signed_map, unsigned_map};
 
 /// One optimizer state in blockwise 8-bit form.
 #[derive(Debug, Clone, PartialEq)]
