@@ -253,3 +253,35 @@ pub(crate) fn upload<T: DeviceRepr>(dev: &CudaDevice, v: &[T]) -> Result<CudaSli
 pub(crate) fn tensor(s: CudaStorage, shape: &[usize]) -> crate::Tensor {
     crate::Tensor::from_storage(crate::tensor::Storage::Cuda(s), shape)
 }
+
+impl crate::Tensor {
+    /// Runs `f` on the device buffer of this f32 CUDA tensor, which must be whole (contiguous,
+    /// not a view of a larger buffer): for kernels that update a tensor in place, such as an
+    /// optimizer step. Autograd does not see the change.
+    pub fn with_cuda_f32_mut<R>(&self, f: impl FnOnce(&Arc<CudaDevice>, &mut CudaSlice<f32>) -> R) -> Result<R> {
+        self.check_whole("with_cuda_f32_mut")?;
+        let mut g = self.storage_mut();
+        match &mut *g {
+            crate::tensor::Storage::Cuda(CudaStorage { buf: CudaBuf::F32(v), dev }) => Ok(f(dev, v)),
+            _ => Err(Error::Msg(format!("with_cuda_f32_mut: expected an f32 CUDA tensor, got {:?}", self.dtype()))),
+        }
+    }
+
+    /// Runs `f` on the device buffer of this whole f32 CUDA tensor (see `with_cuda_f32_mut`).
+    pub fn with_cuda_f32<R>(&self, f: impl FnOnce(&Arc<CudaDevice>, &CudaSlice<f32>) -> R) -> Result<R> {
+        self.check_whole("with_cuda_f32")?;
+        let g = self.storage();
+        match &*g {
+            crate::tensor::Storage::Cuda(CudaStorage { buf: CudaBuf::F32(v), dev }) => Ok(f(dev, v)),
+            _ => Err(Error::Msg(format!("with_cuda_f32: expected an f32 CUDA tensor, got {:?}", self.dtype()))),
+        }
+    }
+
+    fn check_whole(&self, what: &str) -> Result<()> {
+        if self.is_contiguous() && self.layout().offset() == 0 && self.storage_len() == self.elem_count() {
+            Ok(())
+        } else {
+            Err(Error::Msg(format!("{what}: the tensor is a view of a larger buffer")))
+        }
+    }
+}

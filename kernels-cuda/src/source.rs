@@ -175,9 +175,18 @@ pub const ADAMW: KernelModule = KernelModule {
     kernels: &["adamw_f32_gf32", "adamw_f32_gbf16", "adamw_8bit_gf32", "adamw_8bit_gbf16"],
 };
 
+/// `kernels/reduce.cu`: per-block f64 partial sums of squares (gradient norms).
+pub const REDUCE: KernelModule = KernelModule {
+    name: "reduce",
+    file: "reduce.cu",
+    source: include_str!("../kernels/reduce.cu"),
+    headers: &[COMMON],
+    kernels: &["sum_squares_f32", "sum_squares_bf16"],
+};
+
 /// Every module shipped with the crate.
 pub const MODULES: &[KernelModule] =
-    &[COPY, RMS_NORM, ELEMENTWISE, ROPE, SWIGLU, EMBEDDING, CROSS_ENTROPY, NF4, ATTENTION, ADAMW];
+    &[COPY, RMS_NORM, ELEMENTWISE, ROPE, SWIGLU, EMBEDDING, CROSS_ENTROPY, NF4, ATTENTION, ADAMW, REDUCE];
 
 #[cfg(test)]
 mod tests {

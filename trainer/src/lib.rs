@@ -13,6 +13,7 @@ pub mod data;
 pub mod error;
 pub mod lora;
 pub mod optim;
+mod optim_cuda;
 pub mod quant8;
 pub mod schedule;
 mod st;

@@ -7,9 +7,13 @@
 //! model holds, so the model sees the new values; a 16-bit parameter receives its master
 //! rounded to its dtype).
 
+use crate::optim_cuda::{upload_maps, DeviceMoments};
 use crate::quant8::{Blockwise8, STATE_BLOCK};
 use crate::TrainError;
-use engine::Tensor;
+use engine::cuda::CudaDevice;
+use engine::{DType, Device, Tensor};
+use kernels_cuda::cudarc::driver::CudaSlice;
+use std::sync::Arc;
 
 /// Which update rule and state storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,32 +84,61 @@ pub struct ParamState {
     pub moments: Moments,
 }
 
-/// An optimizer over a fixed list of named parameters.
+/// Where one parameter's master and moments live.
+enum Slot {
+    /// On the host; the parameter tensor (on any device) receives the master after each step.
+    Host(ParamState),
+    /// On the GPU: the f32 parameter tensor is the master; the moments are device buffers.
+    Device { name: String, shape: Vec<usize>, moments: DeviceMoments, dev: Arc<CudaDevice> },
+}
+
+/// An optimizer over a fixed list of named parameters. An f32 parameter on a CUDA device is
+/// updated there by the AdamW kernels (its moments stay on the device); any other parameter
+/// (and, for AdamW-8bit, a CUDA tensor below `min_8bit_size`, whose bitsandbytes rule has no
+/// kernel here) keeps an f32 master and moments on the host.
 pub struct Optimizer {
     pub kind: OptimizerKind,
     pub config: AdamWConfig,
     /// Steps taken so far (the next step uses `step + 1` for bias correction).
     pub step: u64,
-    pub states: Vec<ParamState>,
+    slots: Vec<Slot>,
     params: Vec<Tensor>,
+    /// bitsandbytes' dynamic maps on the device, for 8-bit device states.
+    maps: Option<CudaSlice<f32>>,
 }
 
 impl Optimizer {
     /// An optimizer over `params` (name, tensor), whose current values become the masters.
     pub fn new(kind: OptimizerKind, config: AdamWConfig, params: &[(String, Tensor)]) -> Result<Optimizer, TrainError> {
-        let mut states = Vec::with_capacity(params.len());
+        let mut slots = Vec::with_capacity(params.len());
+        let mut maps = None;
         for (name, t) in params {
-            let master = t.to_vec_f32()?;
-            let n = master.len();
-            let moments = match kind {
-                OptimizerKind::AdamW8bit { min_8bit_size } if n >= min_8bit_size => {
-                    Moments::Q8 { m: Blockwise8::zeros(n, true), v: Blockwise8::zeros(n, false) }
-                }
-                _ => Moments::F32 { m: vec![0.0; n], v: vec![0.0; n] },
+            let n = t.elem_count();
+            let eight_bit = matches!(kind, OptimizerKind::AdamW8bit { min_8bit_size } if n >= min_8bit_size);
+            let moments = if eight_bit {
+                Moments::Q8 { m: Blockwise8::zeros(n, true), v: Blockwise8::zeros(n, false) }
+            } else {
+                Moments::F32 { m: vec![0.0; n], v: vec![0.0; n] }
             };
-            states.push(ParamState { name: name.clone(), shape: t.shape().to_vec(), master, moments });
+            let on_device = match t.device() {
+                Device::Cuda(i) if t.dtype() == DType::F32 && (eight_bit || kind == OptimizerKind::AdamW) => {
+                    Some(engine::cuda::device(i)?)
+                }
+                _ => None,
+            };
+            let shape = t.shape().to_vec();
+            slots.push(match on_device {
+                Some(dev) => {
+                    if eight_bit && maps.is_none() {
+                        maps = Some(upload_maps(&dev)?);
+                    }
+                    let moments = DeviceMoments::upload(&dev, &moments)?;
+                    Slot::Device { name: name.clone(), shape, moments, dev }
+                }
+                None => Slot::Host(ParamState { name: name.clone(), shape, master: t.to_vec_f32()?, moments }),
+            });
         }
-        Ok(Optimizer { kind, config, step: 0, states, params: params.iter().map(|(_, t)| t.clone()).collect() })
+        Ok(Optimizer { kind, config, step: 0, slots, params: params.iter().map(|(_, t)| t.clone()).collect(), maps })
     }
 
     /// The tensors this optimizer updates, in order.
@@ -113,39 +146,67 @@ impl Optimizer {
         &self.params
     }
 
-    /// One update with learning rate `lr` from `grads` (one f32 vector per parameter, in the
-    /// order given to [`Optimizer::new`]); writes the new values into the parameter tensors.
-    pub fn step(&mut self, grads: &[Vec<f32>], lr: f64) -> Result<(), TrainError> {
-        if grads.len() != self.states.len() {
+    /// A host copy of every parameter's state, in order (device states are downloaded).
+    pub fn states(&self) -> Result<Vec<ParamState>, TrainError> {
+        self.slots
+            .iter()
+            .zip(&self.params)
+            .map(|(slot, p)| match slot {
+                Slot::Host(st) => Ok(st.clone()),
+                Slot::Device { name, shape, moments, dev } => Ok(ParamState {
+                    name: name.clone(),
+                    shape: shape.clone(),
+                    master: p.to_vec_f32()?,
+                    moments: moments.download(dev)?,
+                }),
+            })
+            .collect()
+    }
+
+    /// One update with learning rate `lr` from `grads` (one per parameter, in the order given
+    /// to [`Optimizer::new`], on the parameter's device), each multiplied by `grad_scale` first
+    /// (the clipping factor); writes the new values into the parameter tensors.
+    pub fn step(&mut self, grads: &[Tensor], grad_scale: f32, lr: f64) -> Result<(), TrainError> {
+        if grads.len() != self.slots.len() {
             return Err(TrainError::Config(format!(
                 "optimizer step: {} gradients for {} parameters",
                 grads.len(),
-                self.states.len()
+                self.slots.len()
             )));
         }
         self.step += 1;
         let step = self.step;
         let c = self.config;
-        for ((st, g), p) in self.states.iter_mut().zip(grads).zip(&self.params) {
-            if g.len() != st.master.len() {
+        for ((slot, g), p) in self.slots.iter_mut().zip(grads).zip(&self.params) {
+            if g.elem_count() != p.elem_count() {
                 return Err(TrainError::Config(format!(
-                    "optimizer step: gradient of {} has {} values, the parameter {}",
-                    st.name,
-                    g.len(),
-                    st.master.len()
+                    "optimizer step: a gradient has {} values, its parameter {}",
+                    g.elem_count(),
+                    p.elem_count()
                 )));
             }
-            match (&self.kind, &mut st.moments) {
-                (OptimizerKind::AdamW, Moments::F32 { m, v }) => torch_adamw(&mut st.master, m, v, g, c, lr, step),
-                (OptimizerKind::AdamW8bit { .. }, Moments::F32 { m, v }) => {
-                    bnb_adam32(&mut st.master, m, v, g, c, lr, step)
+            match slot {
+                Slot::Device { moments, .. } => moments.step(p, g, self.maps.as_ref(), c, lr, step, grad_scale)?,
+                Slot::Host(st) => {
+                    let mut g = g.to_vec_f32()?;
+                    if grad_scale != 1.0 {
+                        g.iter_mut().for_each(|x| *x *= grad_scale);
+                    }
+                    match (&self.kind, &mut st.moments) {
+                        (OptimizerKind::AdamW, Moments::F32 { m, v }) => {
+                            torch_adamw(&mut st.master, m, v, &g, c, lr, step)
+                        }
+                        (OptimizerKind::AdamW8bit { .. }, Moments::F32 { m, v }) => {
+                            bnb_adam32(&mut st.master, m, v, &g, c, lr, step)
+                        }
+                        (OptimizerKind::AdamW8bit { .. }, Moments::Q8 { m, v }) => {
+                            bnb_adam8_blockwise(&mut st.master, m, v, &g, c, lr, step)
+                        }
+                        (OptimizerKind::AdamW, Moments::Q8 { .. }) => unreachable!("AdamW keeps f32 moments"),
+                    }
+                    write_values(p, &st.master, &st.shape)?;
                 }
-                (OptimizerKind::AdamW8bit { .. }, Moments::Q8 { m, v }) => {
-                    bnb_adam8_blockwise(&mut st.master, m, v, g, c, lr, step)
-                }
-                (OptimizerKind::AdamW, Moments::Q8 { .. }) => unreachable!("AdamW keeps f32 moments"),
             }
-            write_values(p, &st.master, &st.shape)?;
         }
         Ok(())
     }
@@ -153,27 +214,48 @@ impl Optimizer {
     /// Replaces the masters (and the parameter tensors' values) by `values`, in parameter
     /// order; used when resuming.
     pub fn set_masters(&mut self, values: Vec<Vec<f32>>) -> Result<(), TrainError> {
-        for ((st, v), p) in self.states.iter_mut().zip(values).zip(&self.params) {
-            if v.len() != st.master.len() {
+        for ((slot, v), p) in self.slots.iter_mut().zip(values).zip(&self.params) {
+            if v.len() != p.elem_count() {
                 return Err(TrainError::Checkpoint(format!(
                     "{}: {} values, expected {}",
-                    st.name,
+                    slot_name(slot),
                     v.len(),
-                    st.master.len()
+                    p.elem_count()
                 )));
             }
-            st.master = v;
-            write_values(p, &st.master, &st.shape)?;
+            write_values(p, &v, p.shape())?;
+            if let Slot::Host(st) = slot {
+                st.master = v;
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces the moments, in parameter order (each of the kind and size it had); used when
+    /// resuming.
+    pub fn set_moments(&mut self, moments: Vec<Moments>) -> Result<(), TrainError> {
+        for (slot, m) in self.slots.iter_mut().zip(moments) {
+            match slot {
+                Slot::Host(st) => st.moments = m,
+                Slot::Device { moments, dev, .. } => *moments = DeviceMoments::upload(dev, &m)?,
+            }
         }
         Ok(())
     }
 }
 
+fn slot_name(slot: &Slot) -> &str {
+    match slot {
+        Slot::Host(st) => &st.name,
+        Slot::Device { name, .. } => name,
+    }
+}
+
 fn write_values(p: &Tensor, values: &[f32], shape: &[usize]) -> Result<(), TrainError> {
-    let t = Tensor::from_vec(values.to_vec(), shape)?;
     if p.rank() == 0 {
         return Err(TrainError::Config("cannot optimize a rank-0 tensor".into()));
     }
+    let t = Tensor::from_vec(values.to_vec(), shape)?.to_device(p.device())?;
     p.write_slice(0, 0, &t)?;
     Ok(())
 }
@@ -276,19 +358,19 @@ fn bnb_adam8_blockwise(
 }
 
 /// The global L2 norm of `grads` (as `clip_grad_norm_` computes it: the norm of the
-/// per-tensor norms), and, when `max_norm` is given, every gradient scaled by
-/// `min(1, max_norm / (norm + 1e-6))`. Returns the norm before clipping.
-pub fn clip_grad_norm(grads: &mut [Vec<f32>], max_norm: Option<f64>) -> f64 {
-    let norms: Vec<f32> =
-        grads.iter().map(|g| g.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>().sqrt() as f32).collect();
-    let total = norms.iter().map(|&n| (n as f64) * (n as f64)).sum::<f64>().sqrt() as f32;
-    if let Some(max) = max_norm {
-        let coef = ((max as f32) / (total + 1e-6)).min(1.0);
-        for g in grads.iter_mut() {
-            for x in g.iter_mut() {
-                *x *= coef;
-            }
-        }
+/// per-tensor norms) and the factor every gradient is to be multiplied by:
+/// `min(1, max_norm / (norm + 1e-6))` when `max_norm` is given, else 1. Gradients on the GPU
+/// are reduced there; only one f64 per tensor comes back.
+pub fn clip_grad_norm(grads: &[Tensor], max_norm: Option<f64>) -> Result<(f64, f32), TrainError> {
+    let mut total = 0f64;
+    for g in grads {
+        let n = engine::ops::sum_squares(g)?.sqrt() as f32;
+        total += (n as f64) * (n as f64);
     }
-    total as f64
+    let total = total.sqrt() as f32;
+    let coef = match max_norm {
+        Some(max) => ((max as f32) / (total + 1e-6)).min(1.0),
+        None => 1.0,
+    };
+    Ok((total as f64, coef))
 }

@@ -23,13 +23,13 @@
 use crate::adapter;
 use crate::data::{collate, Batch, Dataset};
 use crate::lora::{self, LoraConfig};
-use crate::optim::{clip_grad_norm, AdamWConfig, Moments, Optimizer, OptimizerKind};
+use crate::optim::{clip_grad_norm, AdamWConfig, Moments, Optimizer, OptimizerKind, ParamState};
 use crate::quant8::Blockwise8;
 use crate::schedule::{Schedule, ScheduleKind};
 use crate::st::{self, Stored};
 use crate::{Result, TrainError};
 use engine::rng::Rng;
-use engine::{ops, Tensor};
+use engine::{ops, DType, Tensor};
 use model_llama::Llama;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
@@ -145,18 +145,19 @@ impl StepLog {
 }
 
 /// Sum over micro-batches of the weighted loss, and each parameter's gradient summed over
-/// them: micro-batch `i` counts with weight `n_i / N` (see the module docs).
+/// them (on the parameter's device): micro-batch `i` counts with weight `n_i / N` (see the
+/// module docs). A parameter the loss does not reach gets a zero gradient.
 pub fn accumulate_gradients(
     model: &Llama,
     params: &[(String, Tensor)],
     batches: &[Batch],
     checkpoint: bool,
-) -> Result<(f64, Vec<Vec<f32>>)> {
+) -> Result<(f64, Vec<Tensor>)> {
     let total: usize = batches.iter().map(|b| b.n_targets).sum();
     if total == 0 {
         return Err(TrainError::Data("a step's micro-batches hold no target token".into()));
     }
-    let mut grads: Vec<Vec<f32>> = params.iter().map(|(_, t)| vec![0f32; t.elem_count()]).collect();
+    let mut grads: Vec<Option<Tensor>> = vec![None; params.len()];
     let mut loss_sum = 0f64;
     for b in batches {
         if b.n_targets == 0 {
@@ -173,12 +174,22 @@ pub fn accumulate_gradients(
         let store = weighted.backward()?;
         for ((_, p), acc) in params.iter().zip(grads.iter_mut()) {
             if let Some(g) = store.get(p) {
-                for (a, x) in acc.iter_mut().zip(g.to_vec_f32()?) {
-                    *a += x;
-                }
+                let g = ops::cast(g, DType::F32)?;
+                *acc = Some(match acc.take() {
+                    None => g,
+                    Some(a) => ops::add(&a, &g)?,
+                });
             }
         }
     }
+    let grads = grads
+        .into_iter()
+        .zip(params)
+        .map(|(g, (_, p))| match g {
+            Some(g) => Ok(g),
+            None => Tensor::zeros(p.shape(), DType::F32, p.device()),
+        })
+        .collect::<engine::Result<Vec<Tensor>>>()?;
     Ok((loss_sum, grads))
 }
 
@@ -327,17 +338,17 @@ impl<'a> Trainer<'a> {
             value,
             last_checkpoint: self.last_checkpoint.clone(),
         };
-        let (loss, mut grads) =
+        let (loss, grads) =
             match accumulate_gradients(self.model, &self.params, &batches, self.cfg.gradient_checkpointing) {
                 Err(TrainError::NonFinite { what, value, .. }) => return Err(nonfinite(what, value)),
                 other => other?,
             };
-        let grad_norm = clip_grad_norm(&mut grads, self.cfg.max_grad_norm);
+        let (grad_norm, grad_scale) = clip_grad_norm(&grads, self.cfg.max_grad_norm)?;
         if !grad_norm.is_finite() {
             return Err(nonfinite("the gradient norm", grad_norm));
         }
         let lr = self.schedule.lr(s);
-        self.optimizer.step(&grads, lr)?;
+        self.optimizer.step(&grads, grad_scale, lr)?;
         self.step += 1;
         let seconds = start.elapsed().as_secs_f64();
         let tokens: usize = batches.iter().map(|b| b.n_tokens).sum();
@@ -389,11 +400,8 @@ impl<'a> Trainer<'a> {
 
     /// Writes the adapter (the optimizer's f32 masters) to `dir` in PEFT format.
     pub fn save_adapter(&self, dir: &Path) -> Result<()> {
-        adapter::write_adapter_files(dir, &self.lora, self.cfg.base_model.as_deref(), self.master_tensors())
-    }
-
-    fn master_tensors(&self) -> BTreeMap<String, Stored> {
-        self.optimizer.states.iter().map(|s| (s.name.clone(), Stored::f32(&s.shape, s.master.clone()))).collect()
+        let states = self.optimizer.states()?;
+        adapter::write_adapter_files(dir, &self.lora, self.cfg.base_model.as_deref(), master_tensors(&states))
     }
 
     /// Writes `<output_dir>/checkpoint-<step>/` (through a `.tmp` folder and a rename) and
@@ -417,8 +425,9 @@ impl<'a> Trainer<'a> {
             std::fs::remove_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
         }
         std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
-        self.save_adapter(&tmp)?;
-        self.write_optimizer(&tmp.join(OPTIMIZER_FILE))?;
+        let states = self.optimizer.states()?;
+        adapter::write_adapter_files(&tmp, &self.lora, self.cfg.base_model.as_deref(), master_tensors(&states))?;
+        self.write_optimizer(&states, &tmp.join(OPTIMIZER_FILE))?;
         let state = serde_json::to_string_pretty(&self.state_json()).expect("JSON value serializes");
         std::fs::write(tmp.join(STATE_FILE), state).map_err(|e| TrainError::io(&tmp.join(STATE_FILE), e))?;
         if path.exists() {
@@ -475,9 +484,9 @@ impl<'a> Trainer<'a> {
         })
     }
 
-    fn write_optimizer(&self, path: &Path) -> Result<()> {
+    fn write_optimizer(&self, states: &[ParamState], path: &Path) -> Result<()> {
         let mut t = BTreeMap::new();
-        for s in &self.optimizer.states {
+        for s in states {
             let n = &s.name;
             t.insert(format!("{n}.master"), Stored::f32(&s.shape, s.master.clone()));
             match &s.moments {
@@ -571,7 +580,7 @@ impl<'a> Trainer<'a> {
         let opt_step = info["step"].as_u64().ok_or_else(|| bad("no optimizer step".into()))?;
         let mut masters = Vec::new();
         let mut moments = Vec::new();
-        for s in &self.optimizer.states {
+        for s in &self.optimizer.states()? {
             let n = &s.name;
             let (shape, master) = st::take_f32(&mut t, &format!("{n}.master"), path)?;
             if shape != s.shape {
@@ -612,12 +621,15 @@ impl<'a> Trainer<'a> {
             moments.push(m);
         }
         self.optimizer.set_masters(masters)?;
-        for (s, m) in self.optimizer.states.iter_mut().zip(moments) {
-            s.moments = m;
-        }
+        self.optimizer.set_moments(moments)?;
         self.optimizer.step = opt_step;
         Ok(())
     }
+}
+
+/// The adapter tensors (the optimizer's f32 masters) by name.
+fn master_tensors(states: &[ParamState]) -> BTreeMap<String, Stored> {
+    states.iter().map(|s| (s.name.clone(), Stored::f32(&s.shape, s.master.clone()))).collect()
 }
 
 /// The checkpoint folder of the highest step in `output_dir`, if any.

@@ -34,7 +34,7 @@ fn four_by_two_equals_eight_in_loss_and_gradients() {
     assert!((loss8 - loss4x2).abs() < 1e-5, "{loss8} vs {loss4x2}");
     let mut worst = 0f32;
     for ((name, _), (a, b)) in params.iter().zip(grads4x2.iter().zip(&grads8)) {
-        let e = rel(a, b);
+        let e = rel(&a.to_vec_f32().unwrap(), &b.to_vec_f32().unwrap());
         worst = worst.max(e);
         assert!(e < 1e-5, "gradient of {name}: max|Δ|/max|ref| = {e}");
     }

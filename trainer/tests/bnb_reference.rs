@@ -63,7 +63,7 @@ fn blockwise_update_follows_bitsandbytes() {
         // (the states are never reset: they must follow bitsandbytes' by themselves).
         let prev = f32s(&st, &format!("tensor.p{}", s - 1));
         opt.set_masters(vec![prev.clone()]).unwrap();
-        opt.step(&[g], lr).unwrap();
+        opt.step(&[Tensor::from_vec(g, &[n]).unwrap()], 1.0, lr).unwrap();
         let got = p.to_vec_f32().unwrap();
         let want = f32s(&st, &format!("tensor.p{s}"));
         // Each value's update against bitsandbytes' update (its step size comes from the fast
@@ -79,7 +79,8 @@ fn blockwise_update_follows_bitsandbytes() {
             })
             .fold(0f32, f32::max);
         assert!(worst <= 1.0, "step {s}: an update differs by {worst} times the allowance");
-        let Moments::Q8 { m, v } = &opt.states[0].moments else { panic!("8-bit states expected") };
+        let states = opt.states().unwrap();
+        let Moments::Q8 { m, v } = &states[0].moments else { panic!("8-bit states expected") };
         let (a1, a2) = (f32s(&st, &format!("tensor.absmax1_{s}")), f32s(&st, &format!("tensor.absmax2_{s}")));
         let rel = |x: &[f32], y: &[f32]| {
             x.iter().zip(y).map(|(a, b)| (a - b).abs() / b.abs().max(1e-30)).fold(0f32, f32::max)
@@ -121,9 +122,8 @@ fn golden_losses_follow_bitsandbytes() {
             let loss = g.model.loss(&g.ids, &g.labels, false).unwrap();
             got.push(loss.to_scalar::<f32>().unwrap());
             let store = loss.backward().unwrap();
-            let grads: Vec<Vec<f32>> =
-                params.iter().map(|(_, p)| store.get(p).unwrap().to_vec_f32().unwrap()).collect();
-            opt.step(&grads, v["lr"].as_f64().unwrap()).unwrap();
+            let grads: Vec<_> = params.iter().map(|(_, p)| store.get(p).unwrap().clone()).collect();
+            opt.step(&grads, 1.0, v["lr"].as_f64().unwrap()).unwrap();
         }
         println!("{name}: ferrotune {got:?}\n{name}: bnb       {want:?}");
         for (i, (a, b)) in got.iter().zip(&want).enumerate() {

@@ -29,8 +29,8 @@ fn run(g: &Golden, kind: OptimizerKind, n: usize) -> Vec<f32> {
         let loss = g.model.loss(&g.ids, &g.labels, false).unwrap();
         losses.push(loss.to_scalar::<f32>().unwrap());
         let store = loss.backward().unwrap();
-        let grads: Vec<Vec<f32>> = params.iter().map(|(_, p)| store.get(p).unwrap().to_vec_f32().unwrap()).collect();
-        opt.step(&grads, lr).unwrap();
+        let grads: Vec<_> = params.iter().map(|(_, p)| store.get(p).unwrap().clone()).collect();
+        opt.step(&grads, 1.0, lr).unwrap();
     }
     losses
 }

@@ -15,6 +15,7 @@ mod nf4_matmul;
 mod rms_norm;
 mod rope;
 mod softmax;
+mod sum_squares;
 mod swiglu;
 mod view;
 
@@ -28,6 +29,7 @@ pub use nf4_matmul::{nf4_matmul_nt, DeviceNf4, Nf4};
 pub use rms_norm::rms_norm;
 pub use rope::{rope, RopeTable};
 pub use softmax::log_softmax;
+pub use sum_squares::sum_squares;
 pub use swiglu::swiglu;
 pub use view::{contiguous, narrow, reshape, transpose};
 pub(crate) use view::{dense, dense_copy};
