@@ -14,13 +14,14 @@ pub mod load;
 pub mod model;
 pub mod modelfile;
 pub mod safetensors_dir;
+pub mod save_hf;
 pub mod tokenizer;
 
 pub use config::LlamaConfig;
 pub use error::{LoadError, Result};
 pub use kv_cache::KvCache;
 pub use linear::{BaseWeight, Linear, Lora};
-pub use load::{load_model, LoadedModel};
-pub use model::{Layer, Llama, WeightSource, PROJECTIONS};
+pub use load::{load_model, load_model_placed, LoadedModel};
+pub use model::{Layer, Llama, Placement, WeightSource, PROJECTIONS};
 pub use safetensors_dir::SafetensorsDir;
 pub use tokenizer::Tokenizer;

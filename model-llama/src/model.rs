@@ -109,11 +109,58 @@ impl Layer {
     }
 }
 
+/// Where and how [`Llama::load_placed`] stores the weights as it reads them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    pub device: engine::Device,
+    /// Storage (and compute) dtype of the dense weights.
+    pub dtype: DType,
+    /// Quantize the seven projections of every layer to NF4 with double-quantized scales
+    /// (bitsandbytes' `load_in_4bit`).
+    pub nf4: bool,
+}
+
+impl Placement {
+    /// Dense weights of `dtype` in host memory.
+    pub fn cpu(dtype: DType) -> Placement {
+        Placement { device: engine::Device::Cpu, dtype, nf4: false }
+    }
+}
+
+impl Layer {
+    /// Moves this layer's frozen weights to `device`, dense ones cast to `dtype`.
+    pub fn to_device(&mut self, device: engine::Device, dtype: DType) -> engine::Result<()> {
+        self.input_norm = ops::cast(&self.input_norm.to_device(device)?, dtype)?;
+        self.post_attention_norm = ops::cast(&self.post_attention_norm.to_device(device)?, dtype)?;
+        for p in PROJECTIONS {
+            self.projection_mut(p).expect("known projection").base_to(device, dtype)?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the seven projections' dense weights by their NF4 quantization.
+    pub fn quantize_nf4(&mut self, double_quant: bool) -> engine::Result<()> {
+        for p in PROJECTIONS {
+            self.projection_mut(p).expect("known projection").quantize_nf4(double_quant)?;
+        }
+        Ok(())
+    }
+}
+
 impl Llama {
-    /// Builds the model from `source`, storing weights as `dtype`.
+    /// Builds the model from `source`, storing weights as `dtype` in host memory.
     pub fn load(config: LlamaConfig, source: &dyn WeightSource, dtype: DType) -> Result<Llama> {
+        Llama::load_placed(config, source, Placement::cpu(dtype))
+    }
+
+    /// Builds the model from `source` layer by layer, each quantized and moved to its device as
+    /// soon as it is read: host memory holds one layer at a time (an 8B model in bf16 never
+    /// exists whole outside the file).
+    pub fn load_placed(config: LlamaConfig, source: &dyn WeightSource, place: Placement) -> Result<Llama> {
         let config = Arc::new(config);
-        let get = |name: &str, shape: &[usize]| -> Result<Tensor> {
+        let dtype = place.dtype;
+        // Read into host memory as `dtype`, checking the shape.
+        let read = |name: &str, shape: &[usize]| -> Result<Tensor> {
             let t = source.get(name)?;
             if t.shape() != shape {
                 return Err(LoadError::Invalid(format!(
@@ -123,15 +170,17 @@ impl Llama {
             }
             Ok(ops::cast(&t, dtype)?)
         };
+        let get = |name: &str, shape: &[usize]| -> Result<Tensor> { Ok(read(name, shape)?.to_device(place.device)?) };
         let c = &*config;
         let (hd, inter) = (c.hidden_size, c.intermediate_size);
         let rope = RopeTable::new(&c.rope_inv_freq(), c.max_position_embeddings);
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
             let p = format!("model.layers.{i}");
+            // Projections stay in host memory until quantized (if asked), then move.
             let lin =
-                |name: &str, out: usize, inp: usize| get(&format!("{p}.{name}.weight"), &[out, inp]).map(Linear::new);
-            layers.push(Arc::new(Layer {
+                |name: &str, out: usize, inp: usize| read(&format!("{p}.{name}.weight"), &[out, inp]).map(Linear::new);
+            let mut layer = Layer {
                 input_norm: get(&format!("{p}.input_layernorm.weight"), &[hd])?,
                 post_attention_norm: get(&format!("{p}.post_attention_layernorm.weight"), &[hd])?,
                 q_proj: lin("self_attn.q_proj", c.q_dim(), hd)?,
@@ -143,7 +192,12 @@ impl Llama {
                 down_proj: lin("mlp.down_proj", hd, inter)?,
                 cfg: config.clone(),
                 rope: rope.clone(),
-            }));
+            };
+            if place.nf4 {
+                layer.quantize_nf4(true)?;
+            }
+            layer.to_device(place.device, dtype)?;
+            layers.push(Arc::new(layer));
         }
         let embed_tokens = get("model.embed_tokens.weight", &[c.vocab_size, hd])?;
         let lm_head = if c.tie_word_embeddings && !source.contains("lm_head.weight") {
@@ -164,11 +218,7 @@ impl Llama {
         }
         for layer in &mut self.layers {
             let layer = Arc::get_mut(layer).ok_or_else(|| engine::Error::Msg("the model is shared".into()))?;
-            layer.input_norm = mv(&layer.input_norm)?;
-            layer.post_attention_norm = mv(&layer.post_attention_norm)?;
-            for p in PROJECTIONS {
-                layer.projection_mut(p).expect("known projection").base_to(device, dtype)?;
-            }
+            layer.to_device(device, dtype)?;
         }
         self.dtype = dtype;
         Ok(())

@@ -190,6 +190,9 @@ pub enum DataFormat {
     Chat(ChatTemplate),
     /// One text field per row (`text` by default); no prompt part.
     Text { field: String },
+    /// Rows already tokenized: an array of token ids in `field` (`input_ids` by default),
+    /// taken as they are (no BOS added); every token is a target.
+    Tokens { field: String },
 }
 
 /// Options of [`build_dataset`].
@@ -351,7 +354,7 @@ pub fn build_dataset(raw: &RawData, format: &DataFormat, enc: &dyn TextEncoder, 
     if opts.max_seq_len < 2 {
         return Err(TrainError::Config(format!("max_seq_len must be at least 2, got {}", opts.max_seq_len)));
     }
-    if opts.responses_only && matches!(format, DataFormat::Text { .. }) {
+    if opts.responses_only && matches!(format, DataFormat::Text { .. } | DataFormat::Tokens { .. }) {
         return Err(TrainError::Config(
             "training on responses only needs a template or chat data set; plain text rows have no prompt part".into(),
         ));
@@ -401,6 +404,11 @@ pub fn build_dataset(raw: &RawData, format: &DataFormat, enc: &dyn TextEncoder, 
             DataFormat::Text { field } => {
                 let text = string_field(obj, field).map_err(&at)?;
                 let ids = with_bos(enc, encode(enc, text).map_err(&at)?);
+                let labels = label(&ids, std::iter::once(0..ids.len()));
+                (ids, labels)
+            }
+            DataFormat::Tokens { field } => {
+                let ids = ids_field(obj, field).map_err(&at)?;
                 let labels = label(&ids, std::iter::once(0..ids.len()));
                 (ids, labels)
             }
@@ -485,6 +493,21 @@ fn string_field<'a>(obj: &'a serde_json::Map<String, Value>, name: &str) -> std:
         Some(Value::String(s)) => Ok(s),
         Some(v) => Err(format!("field \"{name}\" is {}, expected a string", kind(v))),
     }
+}
+
+fn ids_field(obj: &serde_json::Map<String, Value>, name: &str) -> std::result::Result<Vec<u32>, String> {
+    let list = match obj.get(name) {
+        None => return Err(format!("missing field \"{name}\"")),
+        Some(Value::Array(a)) => a,
+        Some(v) => return Err(format!("field \"{name}\" is {}, expected an array of token ids", kind(v))),
+    };
+    list.iter()
+        .enumerate()
+        .map(|(i, v)| match v.as_u64() {
+            Some(id) if id <= u32::MAX as u64 => Ok(id as u32),
+            _ => Err(format!("field \"{name}\" item {i} is {v}, expected a token id (a non-negative integer)")),
+        })
+        .collect()
 }
 
 fn messages_field(obj: &serde_json::Map<String, Value>) -> std::result::Result<Vec<ChatMessage>, String> {

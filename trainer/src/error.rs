@@ -29,9 +29,30 @@ pub enum TrainError {
         }
     )]
     NonFinite { step: usize, what: &'static str, value: f64, last_checkpoint: Option<PathBuf> },
+    /// The GPU ran out of memory during a step.
+    #[error(
+        "out of GPU memory at step {step} (batch_size {batch_size}, longest row {longest} tokens{}): lower batch_size \
+         (raise grad_accum to keep the effective batch), lower max_seq_length, or turn gradient_checkpointing on ({detail})",
+        if *checkpointing { ", gradient checkpointing on" } else { ", gradient checkpointing off" }
+    )]
+    OutOfMemory { step: usize, batch_size: usize, longest: usize, checkpointing: bool, detail: String },
+    /// A stop was requested (Ctrl-C); the run ended between two steps.
+    #[error(
+        "training interrupted after step {step}. {}",
+        match checkpoint {
+            Some(p) => format!("Checkpoint written to {}; continue with --resume latest.", p.display()),
+            None => "No output_dir, so no checkpoint was written.".to_string(),
+        }
+    )]
+    Interrupted { step: usize, checkpoint: Option<PathBuf> },
 }
 
 impl TrainError {
+    /// Whether this is the CUDA driver's out-of-memory error.
+    pub fn is_out_of_memory(&self) -> bool {
+        matches!(self, TrainError::Engine(e) if e.to_string().contains("OUT_OF_MEMORY"))
+    }
+
     pub fn io(path: &Path, source: std::io::Error) -> TrainError {
         TrainError::Io { path: path.to_path_buf(), source }
     }

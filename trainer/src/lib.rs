@@ -5,6 +5,7 @@
 //! - [`data`]: JSONL / JSON data sets, prompt templates, chat rendering, padding and labels.
 //! - [`optim`]: AdamW (torch) and AdamW 8-bit (bitsandbytes), gradient clipping.
 //! - [`quant8`]: blockwise 8-bit optimizer states on bitsandbytes' dynamic maps.
+//! - [`plot`]: the loss curve as a PNG, from the step records or `metrics.jsonl`.
 //! - [`schedule`]: warm-up with linear, cosine or constant learning rate.
 //! - [`train`]: the loop with gradient accumulation, metrics, checkpoints and resume.
 
@@ -14,6 +15,7 @@ pub mod error;
 pub mod lora;
 pub mod optim;
 mod optim_cuda;
+pub mod plot;
 pub mod quant8;
 pub mod schedule;
 mod st;

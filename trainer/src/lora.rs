@@ -80,21 +80,24 @@ pub(crate) fn targets_in_order(cfg: &LoraConfig) -> Vec<&'static str> {
 
 /// Attaches adapters to every target projection, taking `A` and `B` from `load(name)` with
 /// PEFT's tensor names (`<module>.lora_A.weight`, `<module>.lora_B.weight`). The tensors
-/// become trainable leaves.
+/// become trainable leaves; on a model whose weights are on a GPU they move there as f32
+/// masters (the optimizer updates them in place; the forward casts them to the activations'
+/// dtype).
 pub fn attach(
     model: &mut Llama,
     cfg: &LoraConfig,
     mut load: impl FnMut(&str) -> EngineResult<Tensor>,
 ) -> EngineResult<()> {
     check_targets(cfg).map_err(engine::Error::Msg)?;
+    let device = model.embed_tokens.device();
     for i in 0..model.layers.len() {
         let layer = model
             .layer_mut(i)
             .ok_or_else(|| engine::Error::Msg("cannot attach adapters while the model is shared".into()))?;
         for proj in targets_in_order(cfg) {
             let path = module_path(i, proj);
-            let a = load(&format!("{path}.lora_A.weight"))?.into_var();
-            let b = load(&format!("{path}.lora_B.weight"))?.into_var();
+            let a = on_device(load(&format!("{path}.lora_A.weight"))?, device)?.into_var();
+            let b = on_device(load(&format!("{path}.lora_B.weight"))?, device)?.into_var();
             let lin = layer.projection_mut(proj).expect("checked by check_targets");
             let (out, inp) = lin.base.dims();
             if a.shape() != [cfg.r, inp] || b.shape() != [out, cfg.r] {
@@ -116,14 +119,23 @@ pub fn attach(
     Ok(())
 }
 
+/// `t` on `device`: unchanged on the CPU, an f32 copy on a GPU.
+fn on_device(t: Tensor, device: engine::Device) -> EngineResult<Tensor> {
+    match device {
+        engine::Device::Cpu => Ok(t),
+        gpu => engine::ops::cast(&t.detach(), engine::DType::F32)?.to_device(gpu),
+    }
+}
+
 /// Attaches freshly initialized adapters as PEFT initializes them (`init_lora_weights=True`):
 /// `A` Kaiming-uniform with `a = sqrt(5)`, i.e. uniform in `±1/sqrt(in_features)`, and `B`
 /// zero, so the adapted model starts equal to the base model. Values come from
 /// [`engine::rng::Rng`] seeded with `seed`, drawn layer by layer in [`PROJECTIONS`] order; the
-/// tensors are stored in the model's dtype.
+/// tensors are stored in the model's dtype (f32 on a GPU, see [`attach`]).
 pub fn init(model: &mut Llama, cfg: &LoraConfig, seed: u64) -> EngineResult<()> {
     cfg.validate().map_err(engine::Error::Msg)?;
     let mut rng = Rng::new(seed);
+    let on_gpu = !model.embed_tokens.device().is_cpu();
     let mut fresh: HashMap<String, Tensor> = HashMap::new();
     for i in 0..model.layers.len() {
         for proj in targets_in_order(cfg) {
@@ -131,8 +143,9 @@ pub fn init(model: &mut Llama, cfg: &LoraConfig, seed: u64) -> EngineResult<()> 
             let bound = 1.0 / (inp as f64).sqrt();
             let a: Vec<f32> = (0..cfg.r * inp).map(|_| rng.uniform_range(-bound, bound) as f32).collect();
             let path = module_path(i, proj);
-            let a = engine::ops::cast(&Tensor::from_vec(a, &[cfg.r, inp])?, model.dtype)?;
-            let b = Tensor::zeros(&[out, cfg.r], model.dtype, a.device())?;
+            let dtype = if on_gpu { engine::DType::F32 } else { model.dtype };
+            let a = engine::ops::cast(&Tensor::from_vec(a, &[cfg.r, inp])?, dtype)?;
+            let b = Tensor::zeros(&[out, cfg.r], dtype, engine::Device::Cpu)?;
             fresh.insert(format!("{path}.lora_A.weight"), a);
             fresh.insert(format!("{path}.lora_B.weight"), b);
         }

@@ -35,6 +35,8 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 pub const METRICS_FILE: &str = "metrics.jsonl";
@@ -222,6 +224,8 @@ pub struct Trainer<'a> {
     /// Row order of the epoch `order.0`.
     order: (usize, Vec<usize>),
     last_checkpoint: Option<PathBuf>,
+    /// Set (by a Ctrl-C handler, say) to end the run after the current step.
+    stop: Option<Arc<AtomicBool>>,
 }
 
 impl<'a> Trainer<'a> {
@@ -282,6 +286,7 @@ impl<'a> Trainer<'a> {
             steps_per_epoch,
             order,
             last_checkpoint: None,
+            stop: None,
         })
     }
 
@@ -320,6 +325,12 @@ impl<'a> Trainer<'a> {
             .collect()
     }
 
+    /// When `flag` becomes true, [`Trainer::train_until`] finishes the step under way, writes a
+    /// checkpoint (when there is an output_dir) and returns [`TrainError::Interrupted`].
+    pub fn set_stop_flag(&mut self, flag: Arc<AtomicBool>) {
+        self.stop = Some(flag);
+    }
+
     /// Runs one optimizer step and returns its record (not written anywhere).
     pub fn train_step(&mut self) -> Result<StepLog> {
         let start = Instant::now();
@@ -341,6 +352,15 @@ impl<'a> Trainer<'a> {
         let (loss, grads) =
             match accumulate_gradients(self.model, &self.params, &batches, self.cfg.gradient_checkpointing) {
                 Err(TrainError::NonFinite { what, value, .. }) => return Err(nonfinite(what, value)),
+                Err(e) if e.is_out_of_memory() => {
+                    return Err(TrainError::OutOfMemory {
+                        step: s + 1,
+                        batch_size: self.cfg.batch_size,
+                        longest: batches.iter().map(|b| b.ids.dim(1)).max().unwrap_or(0),
+                        checkpointing: self.cfg.gradient_checkpointing,
+                        detail: e.to_string(),
+                    })
+                }
                 other => other?,
             };
         let (grad_norm, grad_scale) = clip_grad_norm(&grads, self.cfg.max_grad_norm)?;
@@ -383,6 +403,14 @@ impl<'a> Trainer<'a> {
             std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
         }
         while self.step < stop {
+            if self.stop.as_ref().is_some_and(|f| f.load(Ordering::SeqCst)) {
+                let checkpoint = match &self.cfg.output_dir {
+                    Some(_) if self.last_checkpoint_step() != Some(self.step) => Some(self.save_checkpoint()?),
+                    Some(_) => self.last_checkpoint.clone(),
+                    None => None,
+                };
+                return Err(TrainError::Interrupted { step: self.step, checkpoint });
+            }
             let log = self.train_step()?;
             if let Some(dir) = &self.cfg.output_dir {
                 append_metrics(&dir.join(METRICS_FILE), &log)?;
@@ -396,6 +424,11 @@ impl<'a> Trainer<'a> {
             }
         }
         Ok(logs)
+    }
+
+    fn last_checkpoint_step(&self) -> Option<usize> {
+        let name = self.last_checkpoint.as_ref()?.file_name()?.to_str()?.to_string();
+        name.strip_prefix("checkpoint-")?.parse().ok()
     }
 
     /// Writes the adapter (the optimizer's f32 masters) to `dir` in PEFT format.

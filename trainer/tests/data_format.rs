@@ -299,3 +299,23 @@ fn medical_rows_with_the_real_tokenizer() {
         ds.examples.iter().map(|e| e.ids.len()).max().unwrap()
     );
 }
+
+#[test]
+fn token_rows_are_taken_as_they_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(dir.path(), "t.jsonl", "{\"input_ids\": [5, 6, 7]}\n{\"input_ids\": [1, 2, 3, 4, 9, 9]}\n");
+    let format = DataFormat::Tokens { field: "input_ids".into() };
+    let opts = DataOptions { max_seq_len: 5, ..DataOptions::default() };
+    let ds = data::load_dataset(&p, &format, &Bytes, &opts).unwrap();
+    assert_eq!(ds.examples[0].ids, vec![5, 6, 7, EOS]);
+    assert_eq!(ds.examples[0].labels, vec![5, 6, 7, EOS as i32]);
+    assert_eq!(ds.examples[1].ids, vec![1, 2, 3, 4, 9]);
+    assert_eq!(ds.truncated, 1);
+
+    let bad = write(dir.path(), "b.jsonl", "{\"input_ids\": [5, 6]}\n{\"input_ids\": [5, \"x\"]}\n");
+    let e = err_text(data::load_dataset(&bad, &format, &Bytes, &opts));
+    assert!(e.contains("b.jsonl line 2") && e.contains("item 1") && e.contains("token id"), "{e}");
+    let missing = write(dir.path(), "m.jsonl", "{\"text\": \"hi\"}\n");
+    let e = err_text(data::load_dataset(&missing, &format, &Bytes, &opts));
+    assert!(e.contains("m.jsonl line 1") && e.contains("missing field \"input_ids\""), "{e}");
+}

@@ -179,3 +179,42 @@ fn nan_loss_stops_with_step_and_keeps_last_checkpoint() {
     // metrics.jsonl has the two good steps only.
     assert_eq!(metrics_losses(tmp.path()).len(), 2);
 }
+
+/// A stop request (what Ctrl-C sets) ends the run after the step under way with a checkpoint
+/// of that step, from which a resumed run finishes as the uninterrupted one does.
+#[test]
+fn stop_flag_checkpoints_and_resumes() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let data = data();
+    let tmp = tempfile::tempdir().unwrap();
+    let (a_dir, b_dir) = (tmp.path().join("a"), tmp.path().join("b"));
+    let (model, lora) = fresh_model();
+    let full = Trainer::new(&model, lora, &data, config(&a_dir, OptimizerKind::AdamW)).unwrap().train(|_| {}).unwrap();
+
+    let (model, lora) = fresh_model();
+    let mut t = Trainer::new(&model, lora.clone(), &data, config(&b_dir, OptimizerKind::AdamW)).unwrap();
+    let flag = Arc::new(AtomicBool::new(false));
+    t.set_stop_flag(flag.clone());
+    let err = t
+        .train(|l| {
+            if l.step == 2 {
+                flag.store(true, Ordering::SeqCst);
+            }
+        })
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, TrainError::Interrupted { step: 2, .. }), "{msg}");
+    assert!(msg.contains("checkpoint-2") && msg.contains("--resume latest"), "{msg}");
+    assert_eq!(latest_checkpoint(&b_dir).unwrap(), b_dir.join("checkpoint-2"));
+    drop(t);
+
+    let (model, lora) = fresh_model();
+    let mut t = Trainer::new(&model, lora, &data, config(&b_dir, OptimizerKind::AdamW)).unwrap();
+    t.resume_from(&b_dir.join("checkpoint-2")).unwrap();
+    let rest = t.train(|_| {}).unwrap();
+    assert_eq!(rest.first().unwrap().step, 3);
+    for (a, b) in rest.iter().zip(&full[2..]) {
+        assert_eq!(a.loss.to_bits(), b.loss.to_bits(), "step {} differs after the interrupted resume", a.step);
+    }
+}
