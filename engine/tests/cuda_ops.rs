@@ -136,3 +136,24 @@ fn cuda_ops_without_kernels_say_so() {
     let err = ops::add(&x, &randn(&[2, 3], 51)).unwrap_err().to_string();
     assert!(err.contains("different devices"), "{err}");
 }
+
+/// `sum_squares` (gradient norms): the device's f64 partial sums against the CPU's sequential
+/// f64 sum, f32 and bf16, odd sizes (one element, one partial block, many blocks, a strided
+/// view); relative difference <= 1e-12 (f64 reassociation only).
+#[test]
+fn cuda_sum_squares_matches_cpu() {
+    let Some(dev) = gpu() else { return };
+    for (i, n) in [1usize, 1000, 257 * 1024 + 3, 5_000_001].into_iter().enumerate() {
+        for dtype in [DType::F32, DType::BF16] {
+            let x = ops::cast(&randn(&[n], 40 + i as u64), dtype).unwrap();
+            let want = ops::sum_squares(&x).unwrap();
+            let got = ops::sum_squares(&x.to_device(dev).unwrap()).unwrap();
+            assert!((got - want).abs() <= 1e-12 * want, "n {n} {dtype:?}: gpu {got} vs cpu {want}");
+        }
+    }
+    let m = randn(&[300, 7], 9);
+    let view = ops::transpose(&m, 0, 1).unwrap();
+    let want = ops::sum_squares(&view).unwrap();
+    let got = ops::sum_squares(&ops::transpose(&m.to_device(dev).unwrap(), 0, 1).unwrap()).unwrap();
+    assert!((got - want).abs() <= 1e-12 * want, "strided view: gpu {got} vs cpu {want}");
+}

@@ -17,6 +17,7 @@
 //! `adapter.lora.alpha`, tensors `blk.N.attn_q.weight.lora_a` (`[r, in]`, GGML dims
 //! `[in, r]`) and `.lora_b` (`[out, r]`, rows of Q and K permuted as the base's).
 
+use rayon::prelude::*;
 use crate::error::{LoadError, Result};
 use crate::linear::{BaseWeight, Linear};
 use crate::model::Llama;
@@ -98,9 +99,8 @@ pub fn merged_weight(lin: &Linear, what: &str) -> Result<Vec<f32>> {
     let adapter = lora_f32(lin, what)?;
     let mut w = base_f32(lin)?;
     let Some(LoraF32 { a, b, r, scale }) = adapter else { return Ok(w) };
-    let (rows, cols) = lin.base.dims();
-    for o in 0..rows {
-        let row = &mut w[o * cols..(o + 1) * cols];
+    let (_, cols) = lin.base.dims();
+    w.par_chunks_mut(cols).enumerate().for_each(|(o, row)| {
         for k in 0..r {
             let coef = (scale * b[o * r + k] as f64) as f32;
             if coef == 0.0 {
@@ -110,7 +110,7 @@ pub fn merged_weight(lin: &Linear, what: &str) -> Result<Vec<f32>> {
                 *x += coef * av;
             }
         }
-    }
+    });
     Ok(w)
 }
 

@@ -305,6 +305,11 @@ impl Tokenizer {
         &self.source
     }
 
+    /// The tokenizer as a `tokenizer.json` text (for writing a Hugging Face folder).
+    pub fn to_json(&self) -> Result<String> {
+        self.inner.to_string(false).map_err(|e| self.error(format!("cannot serialize the tokenizer: {e}")))
+    }
+
     fn error(&self, msg: String) -> LoadError {
         LoadError::InFile { path: self.source.clone(), msg }
     }

@@ -265,6 +265,13 @@ fn smollm2_export_matches_llama_cpp() {
             x.iter().zip(&on_file).map(|(r, o)| max_abs_diff(&r.logprobs, o)).fold(0.0, f32::max)
         };
         eprintln!("{ft}: llama.cpp in f32 on the file's weights (dequantized by gguf-py) vs ferrotune: {dx:.4}");
+        // What rounding the weights to this type costs by itself, in ferrotune's own forward:
+        // the part of the gap to the merged f32 model that no exporter can remove (the tensors
+        // equal llama_model_quantize's byte for byte: tests/export_cli.rs).
+        let dw = on_file.iter().zip(&ours).map(|(a, b)| max_abs_diff(a, b)).fold(0.0, f32::max);
+        eprintln!(
+            "{ft}: ferrotune on the file's weights vs on the merged f32 weights (weight rounding alone): {dw:.4}"
+        );
         // The same on the likely tokens only (ferrotune log-prob above -10).
         let top = refs
             .iter()

@@ -1,9 +1,15 @@
 //! `ferrotune generate`: answer a prompt with a model, streaming the text to stdout.
+//!
+//! On the CPU the model runs in f32. On a GPU (`--device cuda`, or `auto` where one is present)
+//! the weights are read in bf16, the seven projections of every layer optionally quantized to
+//! NF4 (`--nf4`, bitsandbytes' double-quantized format; decode then multiplies through the
+//! fused NF4 GEMV), everything moved to the device, and the KV cache allocated there in bf16.
 
 use anyhow::{bail, Context, Result};
-use engine::DType;
+use engine::{DType, Device};
 use model_llama::chat::{ChatMessage, ChatTemplate};
 use model_llama::generate::{generate, Finish, Sampler, SamplingParams, StopMatcher};
+use model_llama::Placement;
 use std::io::Write;
 use std::time::Instant;
 
@@ -37,35 +43,57 @@ pub struct Args {
     /// Stop when this text appears (repeatable); the stop text is not printed.
     #[arg(long)]
     stop: Vec<String>,
-    /// cpu or cuda.
-    #[arg(long, default_value = "cpu")]
+    /// cpu, cuda, or auto (cuda where a GPU is present, else cpu).
+    #[arg(long, default_value = "auto")]
     device: String,
+    /// Quantize the seven projections of every layer to NF4 (double-quantized, as bitsandbytes'
+    /// load_in_4bit) before generating.
+    #[arg(long)]
+    nf4: bool,
     /// A PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors), as
     /// `ferrotune train` writes to <output_dir>/adapter, applied to the model.
     #[arg(long)]
     adapter: Option<std::path::PathBuf>,
 }
 
-pub fn run(args: Args) -> Result<()> {
-    match args.device.as_str() {
-        "cpu" => {}
-        "cuda" => {
-            engine::Device::cuda(0)?;
-            bail!(
-                "--device cuda: the engine's CUDA backend does not cover the whole Llama forward yet \
-                 (it has matmul, add, casts and RMSNorm); use --device cpu"
-            );
-        }
-        other => bail!("--device {other}: expected cpu or cuda"),
+/// The device `--device` names; `auto` falls back to the CPU where no GPU can be opened (and
+/// says why in the second value, reported once the model has loaded).
+fn pick_device(name: &str) -> Result<(Device, Option<String>)> {
+    match name {
+        "cpu" => Ok((Device::Cpu, None)),
+        "cuda" => Ok((Device::cuda(0)?, None)),
+        "auto" => Ok(Device::cuda(0).map_or_else(|e| (Device::Cpu, Some(e.to_string())), |d| (d, None))),
+        other => bail!("--device {other}: expected cpu, cuda or auto"),
     }
+}
+
+pub fn run(args: Args) -> Result<()> {
     if args.top_p <= 0.0 || args.top_p > 1.0 {
         bail!("--top-p {}: expected a value in (0, 1]", args.top_p);
     }
+    let (device, no_gpu) = pick_device(&args.device)?;
     let t0 = Instant::now();
+    // f32 on the CPU (its reference precision); bf16 on the GPU. The weights are quantized
+    // (with --nf4) and moved layer by layer as they are read.
+    let dtype = if device.is_cpu() { DType::F32 } else { DType::BF16 };
+    let place = Placement { device, dtype, nf4: args.nf4 };
     let mut loaded =
-        model_llama::load_model(&args.model, DType::F32).with_context(|| format!("loading {}", args.model))?;
-    eprintln!("loaded {} in {:.1}s", loaded.path.display(), t0.elapsed().as_secs_f64());
+        model_llama::load_model_placed(&args.model, place).with_context(|| format!("loading {}", args.model))?;
+    let on = match device {
+        Device::Cuda(i) => {
+            let cuda = engine::cuda::device(i)?;
+            let used = engine::cuda::driver_used_bytes(&cuda)? as f64 / (1u64 << 30) as f64;
+            format!(" onto {} ({used:.2} GiB in use)", cuda.gpu.name())
+        }
+        Device::Cpu => String::new(),
+    };
+    let how = if args.nf4 { ", NF4 projections" } else { "" };
+    eprintln!("loaded {}{on} in {:.1}s ({dtype:?}{how})", loaded.path.display(), t0.elapsed().as_secs_f64());
+    if let Some(why) = no_gpu {
+        eprintln!("generating on the CPU (no GPU: {why})");
+    }
     if let Some(dir) = &args.adapter {
+        // Attached adapters follow the model's device (f32 masters on a GPU).
         let cfg = trainer::adapter::load_adapter(dir, &mut loaded.model)
             .with_context(|| format!("applying the adapter {}", dir.display()))?;
         eprintln!(

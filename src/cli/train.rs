@@ -7,13 +7,15 @@
 //! current directory, as on the command line.
 
 use anyhow::{bail, Context, Result};
-use engine::DType;
+use engine::{DType, Device};
 use model_llama::chat::{ChatMessage, ChatTemplate};
 use model_llama::generate::{generate, Sampler, SamplingParams};
-use model_llama::{Llama, Tokenizer, PROJECTIONS};
+use model_llama::{Llama, Placement, Tokenizer, PROJECTIONS};
 use serde::Deserialize;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 use trainer::data::{self, DataFormat, DataOptions, PromptTemplate, RawData};
 use trainer::{LoraConfig, OptimizerKind, ScheduleKind, TrainConfig, Trainer};
@@ -33,14 +35,23 @@ pub struct Args {
     /// Quantize the seven projections of every layer to NF4 with double-quantized scales.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     load_in_4bit: Option<bool>,
+    /// Where to train: auto (the GPU when there is one), cpu, cuda or cuda:N [default: auto].
+    #[arg(long)]
+    device: Option<String>,
+    /// Weights and activations: auto (bf16 on a GPU, f32 on the CPU), bf16 or f32
+    /// [default: auto].
+    #[arg(long)]
+    dtype: Option<String>,
     /// Training data: JSON lines (or a JSON array) of objects.
     #[arg(long)]
     data: Option<PathBuf>,
     /// How rows become text: a prompt-template file with {instruction}/{input}/{output}
-    /// placeholders, `messages` (the model's chat template) or `text` (one text field).
+    /// placeholders, `messages` (the model's chat template), `text` (one text field) or
+    /// `tokens` (pre-tokenized rows).
     #[arg(long)]
     format: Option<String>,
-    /// The field of `text` rows [default: text].
+    /// The field of `text` rows [default: text], or of `tokens` rows (arrays of token ids,
+    /// taken as they are) [default: input_ids].
     #[arg(long)]
     text_field: Option<String>,
     /// Rows to use, as a Python slice ("0:200").
@@ -112,6 +123,10 @@ pub struct Args {
     /// Where metrics.jsonl, checkpoints and the adapter go [default: out].
     #[arg(long)]
     output_dir: Option<PathBuf>,
+    /// Also write the model with the adapter merged, as a 16-bit (bf16) Hugging Face folder,
+    /// to `<output_dir>/merged`.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    save_merged: Option<bool>,
     /// Continue from a checkpoint folder, or `latest` (the newest in output_dir, if any).
     #[arg(long)]
     resume: Option<String>,
@@ -140,6 +155,8 @@ impl Args {
         let mut a = pick!(
             model,
             load_in_4bit,
+            device,
+            dtype,
             data,
             format,
             text_field,
@@ -166,6 +183,7 @@ impl Args {
             gradient_checkpointing,
             checkpoint_every,
             output_dir,
+            save_merged,
             resume,
             question,
             question_field,
@@ -199,12 +217,15 @@ enum Format {
     Template(PathBuf),
     Messages,
     Text,
+    Tokens,
 }
 
 /// Every setting resolved.
 struct Run {
     model: String,
     load_in_4bit: bool,
+    device: Device,
+    dtype: DType,
     data: PathBuf,
     format: Format,
     text_field: String,
@@ -213,6 +234,7 @@ struct Run {
     responses_only: bool,
     lora: LoraConfig,
     train: TrainConfig,
+    save_merged: bool,
     resume: Option<String>,
     question: Option<String>,
     question_field: String,
@@ -232,10 +254,11 @@ fn resolve(a: Args) -> Result<Run> {
     let format = match a.format.as_deref().unwrap_or("text") {
         "messages" | "chat" => Format::Messages,
         "text" => Format::Text,
+        "tokens" => Format::Tokens,
         path => {
             let p = PathBuf::from(path);
             if !p.is_file() {
-                bail!("format: template file {path} does not exist (format is a template file, `messages` or `text`)");
+                bail!("format: template file {path} does not exist (format is a template file, `messages`, `text` or `tokens`)");
             }
             Format::Template(p)
         }
@@ -283,17 +306,28 @@ fn resolve(a: Args) -> Result<Run> {
     if train.batch_size == 0 || train.grad_accum == 0 {
         bail!("batch_size and grad_accum must be at least 1");
     }
+    let device = pick_device(a.device.as_deref().unwrap_or("auto"))?;
+    let dtype = match (a.dtype.as_deref().unwrap_or("auto"), device) {
+        ("auto", Device::Cpu) | ("f32", _) => DType::F32,
+        ("auto", Device::Cuda(_)) | ("bf16", _) => DType::BF16,
+        (other, _) => bail!("dtype \"{other}\": expected auto, bf16 or f32"),
+    };
+    let text_field =
+        a.text_field.unwrap_or_else(|| if matches!(format, Format::Tokens) { "input_ids" } else { "text" }.into());
     Ok(Run {
         model,
         load_in_4bit: a.load_in_4bit.unwrap_or(false),
+        device,
+        dtype,
         data,
         format,
-        text_field: a.text_field.unwrap_or_else(|| "text".into()),
+        text_field,
         rows: a.rows,
         max_seq_length: a.max_seq_length.unwrap_or(2048),
         responses_only: a.responses_only.unwrap_or(false),
         lora,
         train,
+        save_merged: a.save_merged.unwrap_or(false),
         resume: a.resume,
         question: a.question.filter(|q| !q.trim().is_empty()),
         question_field: a.question_field.unwrap_or_else(|| "instruction".into()),
@@ -309,6 +343,7 @@ impl Run {
             Format::Template(p) => format!("template {}", p.display()),
             Format::Messages => "messages (the model's chat template)".into(),
             Format::Text => format!("text (field \"{}\")", self.text_field),
+            Format::Tokens => format!("token ids (field \"{}\")", self.text_field),
         };
         let steps = match t.max_steps {
             Some(s) => format!("{s} steps"),
@@ -316,6 +351,7 @@ impl Run {
         };
         println!("ferrotune train");
         println!("  model            {}{}", self.model, if self.load_in_4bit { " (NF4, double quant)" } else { "" });
+        println!("  device           {} ({:?})", self.device, self.dtype);
         println!("  data             {} rows {}", self.data.display(), self.rows.as_deref().unwrap_or("all"));
         println!("  format           {format}{}", if self.responses_only { ", responses only" } else { "" });
         println!("  max_seq_length   {}", self.max_seq_length);
@@ -390,25 +426,20 @@ pub fn run(args: Args) -> Result<()> {
     let raw = data::read_rows(&run.data)?;
 
     let t0 = Instant::now();
-    let loaded = model_llama::load_model(&run.model, DType::F32).with_context(|| format!("loading {}", run.model))?;
+    let place = Placement { device: run.device, dtype: run.dtype, nf4: run.load_in_4bit };
+    let loaded = model_llama::load_model_placed(&run.model, place).with_context(|| format!("loading {}", run.model))?;
     let mut model = loaded.model;
     let tok = loaded.tokenizer;
-    if run.load_in_4bit {
-        for i in 0..model.layers.len() {
-            let layer = model.layer_mut(i).context("the model is shared")?;
-            for p in PROJECTIONS {
-                layer.projection_mut(p).expect("known projection").quantize_nf4(true)?;
-            }
-        }
-    }
+    let model_path = loaded.path;
     println!(
-        "loaded {} ({} layers, hidden {}, vocab {}) in {:.1}s{}",
-        loaded.path.display(),
+        "loaded {} ({} layers, hidden {}, vocab {}) in {:.1}s{}{}",
+        model_path.display(),
         model.config.num_hidden_layers,
         model.config.hidden_size,
         model.config.vocab_size,
         t0.elapsed().as_secs_f64(),
-        if run.load_in_4bit { "; projections quantized to NF4" } else { "" }
+        if run.load_in_4bit { "; projections quantized to NF4" } else { "" },
+        gpu_memory(run.device).map_or(String::new(), |m| format!("; {m}")),
     );
 
     let chat = || -> Result<ChatTemplate> {
@@ -419,6 +450,7 @@ pub fn run(args: Args) -> Result<()> {
     let format = match (&run.format, &template) {
         (Format::Template(_), Some(t)) => DataFormat::Template { template: t.clone(), response_field: "output".into() },
         (Format::Messages, _) => DataFormat::Chat(chat()?),
+        (Format::Tokens, _) => DataFormat::Tokens { field: run.text_field.clone() },
         _ => DataFormat::Text { field: run.text_field.clone() },
     };
     let opts = DataOptions {
@@ -483,11 +515,34 @@ pub fn run(args: Args) -> Result<()> {
         trainer.steps_per_epoch(),
         trainer::named_parameters(&model).iter().map(|(_, t)| t.elem_count()).sum::<usize>()
     );
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    // The first Ctrl-C ends the run after the step under way, with a checkpoint; a second
+    // one exits at once.
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\nCtrl-C: stopping after this step and writing a checkpoint (Ctrl-C again to quit now)");
+    })
+    .context("installing the Ctrl-C handler")?;
+    trainer.set_stop_flag(stop);
+    let bar = progress_bar(trainer.total_steps() as u64, trainer.step() as u64);
     let t1 = Instant::now();
     let logs = trainer.train(|log| {
-        println!("{}", log.line());
-        let _ = std::io::stdout().flush();
-    })?;
+        let line = log.line();
+        // A hidden bar (no terminal) prints nothing, so the line goes to stdout itself.
+        if bar.is_hidden() {
+            println!("{line}");
+            let _ = std::io::stdout().flush();
+        } else {
+            bar.println(line);
+        }
+        bar.set_position(log.step as u64);
+        bar.set_message(format!("loss {:.4}", log.loss));
+    });
+    bar.finish_and_clear();
+    let logs = logs?;
     let secs = t1.elapsed().as_secs_f64();
     let adapter_dir = out_dir.join("adapter");
     trainer.save_adapter(&adapter_dir)?;
@@ -501,6 +556,13 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     println!("adapter saved to {}; metrics in {}", adapter_dir.display(), metrics.display());
+    let records = trainer::plot::read_metric_records(&metrics)?;
+    let png = out_dir.join("loss.png");
+    trainer::plot::write_metrics_png(&png, &records, &format!("ferrotune: {}", run.model))?;
+    println!("loss curve: {}", png.display());
+    if run.save_merged {
+        save_merged(&model, &tok, &model_path, &out_dir.join("merged"))?;
+    }
     drop(trainer);
 
     if let Some((_, p)) = &prompt {
@@ -594,6 +656,66 @@ fn answer(model: &Llama, tok: &Tokenizer, prompt: &[u32], max_new_tokens: usize)
             model_llama::generate::Finish::Eos(_) => "ended at end-of-sequence".to_string(),
             _ => format!("stopped at max_new_tokens {max_new_tokens}"),
         }
+    );
+    Ok(())
+}
+
+/// `auto` (the first GPU when one answers, else the CPU), `cpu`, `cuda` or `cuda:N`.
+fn pick_device(name: &str) -> Result<Device> {
+    Ok(match name {
+        "auto" => Device::cuda(0).unwrap_or(Device::Cpu),
+        "cpu" => Device::Cpu,
+        "cuda" => Device::cuda(0)?,
+        other => match other.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
+            Some(n) => Device::cuda(n)?,
+            None => bail!("device \"{other}\": expected auto, cpu, cuda or cuda:N"),
+        },
+    })
+}
+
+/// "X GiB in use on <GPU>" for a CUDA device (None on the CPU or when the driver cannot say).
+fn gpu_memory(device: Device) -> Option<String> {
+    let Device::Cuda(i) = device else { return None };
+    let dev = engine::cuda::device(i).ok()?;
+    let used = engine::cuda::driver_used_bytes(&dev).ok()?;
+    Some(format!("{:.2} GiB in use on {}", gib(used), dev.gpu.name()))
+}
+
+fn gib(bytes: usize) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64
+}
+
+/// A step counter with the elapsed time and an estimate of what is left (hidden when stdout is
+/// not a terminal; the log lines still print).
+fn progress_bar(total: u64, done: u64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps [{elapsed_precise} < {eta_precise}] {msg}")
+            .expect("valid template"),
+    );
+    bar.set_position(done);
+    bar
+}
+
+/// Writes the model with its adapters merged as a bf16 Hugging Face folder at `dir`
+/// (replacing an earlier one of this run's output folder).
+fn save_merged(model: &Llama, tok: &Tokenizer, source: &Path, dir: &Path) -> Result<()> {
+    use model_llama::save_hf::{save_merged_hf, SaveHfOptions, TokenizerFiles};
+    let t = Instant::now();
+    let tokenizer = match source.is_file() {
+        // A GGUF file has no tokenizer files to copy: write them from the loaded tokenizer.
+        true => Some(TokenizerFiles::from_tokenizer(tok, tok.to_json()?)),
+        false => None,
+    };
+    let opts = SaveHfOptions { overwrite: true, tokenizer, ..SaveHfOptions::default() };
+    let s = save_merged_hf(model, Some(source), dir, &opts)?;
+    println!(
+        "merged bf16 model written to {} ({} tensors in {} shard(s), {:.2} GB) in {:.1}s",
+        s.dir.display(),
+        s.n_tensors,
+        s.shards.len(),
+        s.total_size as f64 / 1e9,
+        t.elapsed().as_secs_f64()
     );
     Ok(())
 }

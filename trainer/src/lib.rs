@@ -27,4 +27,4 @@ pub use error::{Result, TrainError};
 pub use lora::{attach, named_parameters, LoraConfig};
 pub use optim::{clip_grad_norm, AdamWConfig, Optimizer, OptimizerKind};
 pub use schedule::{Schedule, ScheduleKind};
-pub use train::{accumulate_gradients, latest_checkpoint, StepLog, TrainConfig, Trainer};
+pub use train::{accumulate_gradients, latest_checkpoint, GpuMemory, StepLog, TrainConfig, Trainer};

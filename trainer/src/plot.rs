@@ -44,6 +44,12 @@ pub struct MetricRecord {
     pub lr: Option<f64>,
 }
 
+impl From<&crate::train::StepLog> for MetricRecord {
+    fn from(l: &crate::train::StepLog) -> Self {
+        MetricRecord { step: l.step, loss: l.loss, lr: Some(l.lr) }
+    }
+}
+
 /// `(step, loss)` of every record of a `metrics.jsonl` file.
 pub fn read_metrics(path: &Path) -> Result<Vec<(usize, f64)>> {
     Ok(read_metric_records(path)?.into_iter().map(|r| (r.step, r.loss)).collect())
@@ -177,7 +183,10 @@ fn ticks(lo: f64, hi: f64, n: usize) -> (Vec<f64>, f64) {
 /// huge values.
 fn label(v: f64, step: f64) -> String {
     let a = v.abs();
-    if v != 0.0 && (a < 1e-3 || a >= 1e6) {
+    if a < step * 1e-6 {
+        return "0".into();
+    }
+    if !(1e-3..1e6).contains(&a) {
         return format!("{v:.1e}");
     }
     let decimals = if step >= 1.0 { 0 } else { (-step.log10()).ceil() as usize };
@@ -290,5 +299,7 @@ mod tests {
         assert_eq!(label(2.5, 0.5), "2.5");
         assert_eq!(label(40.0, 10.0), "40");
         assert_eq!(label(2e-4, 1e-4), "2.0e-4");
+        assert_eq!(label(0.0, 5e-5), "0");
+        assert_eq!(label(-1e-17, 0.5), "0");
     }
 }

@@ -121,6 +121,17 @@ pub struct StepLog {
     pub targets: usize,
     pub tokens_per_second: f64,
     pub seconds: f64,
+    /// On a GPU: the most bytes held by tensors during the step, and the device memory in
+    /// use at its end by the driver's count (tensors, NF4 weights, optimizer states, the
+    /// allocator's pool and the CUDA context).
+    pub gpu_memory: Option<GpuMemory>,
+}
+
+/// Device memory of one step, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GpuMemory {
+    pub peak_tensors: usize,
+    pub driver_used: usize,
 }
 
 impl StepLog {
@@ -134,14 +145,30 @@ impl StepLog {
             "tokens": self.tokens,
             "target_tokens": self.targets,
             "tokens_per_second": self.tokens_per_second,
+            "seconds": self.seconds,
+            "peak_gpu_tensor_bytes": self.gpu_memory.map(|m| m.peak_tensors),
+            "gpu_used_bytes": self.gpu_memory.map(|m| m.driver_used),
         })
     }
 
-    /// One line for a terminal: step, loss, learning rate, epoch, grad norm, speed.
+    /// One line for a terminal: step, loss, learning rate, epoch, grad norm, speed, and on a
+    /// GPU the peak memory.
     pub fn line(&self) -> String {
+        let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
         format!(
-            "step {}/{} | loss {:.4} | lr {:.3e} | epoch {:.2} | grad_norm {:.4} | {:.0} tok/s",
-            self.step, self.total_steps, self.loss, self.lr, self.epoch, self.grad_norm, self.tokens_per_second
+            "step {}/{} | loss {:.4} | lr {:.3e} | epoch {:.2} | grad_norm {:.4} | {:.0} tok/s{}",
+            self.step,
+            self.total_steps,
+            self.loss,
+            self.lr,
+            self.epoch,
+            self.grad_norm,
+            self.tokens_per_second,
+            self.gpu_memory.map_or(String::new(), |m| format!(
+                " | peak {:.2} GiB tensors, {:.2} GiB in use",
+                gib(m.peak_tensors),
+                gib(m.driver_used)
+            ))
         )
     }
 }
@@ -333,6 +360,13 @@ impl<'a> Trainer<'a> {
 
     /// Runs one optimizer step and returns its record (not written anywhere).
     pub fn train_step(&mut self) -> Result<StepLog> {
+        let gpu = match self.params.first().map(|(_, p)| p.device()) {
+            Some(engine::Device::Cuda(i)) => Some(engine::cuda::device(i)?),
+            _ => None,
+        };
+        if gpu.is_some() {
+            engine::cuda::reset_peak();
+        }
         let start = Instant::now();
         let s = self.step;
         let groups = self.micro_batches(s);
@@ -369,7 +403,17 @@ impl<'a> Trainer<'a> {
         }
         let lr = self.schedule.lr(s);
         self.optimizer.step(&grads, grad_scale, lr)?;
+        drop(grads);
         self.step += 1;
+        let gpu_memory = match &gpu {
+            Some(dev) => {
+                // Waits for the step's last kernels, so that the time below is the step's.
+                let driver_used = engine::cuda::driver_used_bytes(dev)?;
+                dev.gpu.synchronize().map_err(|e| engine::Error::Msg(format!("synchronizing the GPU: {e}")))?;
+                Some(GpuMemory { peak_tensors: engine::cuda::tensor_bytes().1, driver_used })
+            }
+            None => None,
+        };
         let seconds = start.elapsed().as_secs_f64();
         let tokens: usize = batches.iter().map(|b| b.n_tokens).sum();
         Ok(StepLog {
@@ -383,6 +427,7 @@ impl<'a> Trainer<'a> {
             targets: batches.iter().map(|b| b.n_targets).sum(),
             tokens_per_second: if seconds > 0.0 { tokens as f64 / seconds } else { 0.0 },
             seconds,
+            gpu_memory,
         })
     }
 

@@ -89,6 +89,10 @@ fn plot_learning_rate_on_its_own_axis() {
         })
         .collect();
     write_metrics_png(&path, &recs, "with lr").unwrap();
+    // To look at it: FERROTUNE_PLOT_OUT=/tmp/lr.png cargo test -p trainer --test plot
+    if let Some(out) = std::env::var_os("FERROTUNE_PLOT_OUT") {
+        std::fs::copy(&path, out).unwrap();
+    }
     let rgb = decode(&path).2;
     let [ul, ur, ll, lr] = quadrants(&rgb, LR_COLOR, true);
     assert!(ul > 20 && ur > 0 && ll > 0 && lr > 20, "UL {ul} UR {ur} LL {ll} LR {lr}");
