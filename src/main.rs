@@ -21,6 +21,8 @@ enum Command {
     Bench(cli::bench::Args),
     /// Fine-tune LoRA adapters from a TOML run file and/or flags.
     Train(Box<cli::train::Args>),
+    /// Merge an adapter into its base and write a llama.cpp GGUF and an Ollama Modelfile.
+    Export(cli::export::Args),
 }
 
 fn main() {
@@ -33,6 +35,7 @@ fn main() {
         Command::Generate(args) => cli::generate::run(args),
         Command::Bench(args) => cli::bench::run(args),
         Command::Train(args) => cli::train::run(*args),
+        Command::Export(args) => cli::export::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -81,7 +81,7 @@ max_new_tokens = 6
         ),
     );
     // The flag overrides the file's 100 steps.
-    let out = ferrotune(&["train", "--config", &config, "--max-steps", "3"]);
+    let out = ferrotune(&["train", "--config", &config, "--max-steps", "3", "--save-merged", "--export-gguf", "f16"]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "train failed:\n{stdout}\n{}", text(&out.stderr));
     for want in [
@@ -114,6 +114,27 @@ max_new_tokens = 6
         for k in ["loss", "learning_rate", "epoch", "grad_norm", "tokens_per_second"] {
             assert!(m[k].as_f64().is_some_and(f64::is_finite), "metrics line {} lacks {k}: {m}", i + 1);
         }
+    }
+
+    // The loss curve, the merged Hugging Face folder (tokenizer written from the GGUF's) and
+    // the GGUF export with its Modelfile; the merged folder and the GGUF load and generate.
+    let out_path = Path::new(&out_dir);
+    assert!(out_path.join("loss.png").is_file(), "loss.png missing:\n{stdout}");
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        assert!(out_path.join("merged").join(f).is_file(), "merged/{f} missing:\n{stdout}");
+    }
+    let gguf: Vec<_> = std::fs::read_dir(out_path.join("gguf"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
+        .collect();
+    assert_eq!(gguf.len(), 1, "one GGUF in {}:\n{stdout}", out_path.join("gguf").display());
+    let modelfile = std::fs::read_to_string(out_path.join("gguf").join("Modelfile")).unwrap();
+    assert!(modelfile.contains("TEMPLATE") && modelfile.contains("num_ctx"), "{modelfile}");
+    for model in [out_path.join("merged"), gguf[0].clone()] {
+        let m = model.display().to_string();
+        let out = ferrotune(&["generate", "--model", &m, "--prompt", "Hello", "--max-new-tokens", "3"]);
+        assert!(out.status.success(), "generate from {m}: {}", text(&out.stderr));
     }
 
     // The saved adapter applies to the same model in `generate`.

@@ -5,10 +5,11 @@
 //! nothing, so a frozen base model keeps no graph at all. [`checkpoint`] runs a segment
 //! without recording and recomputes it during backward.
 
+use crate::offload::HostCopy;
 use crate::{ops, Result, Tensor, TensorId};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 
 /// The backward rule of one recorded op. Implemented next to each op's forward.
 pub trait Backward: Send + Sync {
@@ -158,6 +159,23 @@ pub type Segment = Arc<dyn Fn(&[Tensor]) -> Result<Tensor> + Send + Sync>;
 /// backward the segment runs again with grad on, and the gradients it yields for leaves
 /// captured by `f` (LoRA weights) go to the outer store.
 pub fn checkpoint(inputs: &[Tensor], f: Segment) -> Result<Tensor> {
+    checkpoint_with(inputs, f, false)
+}
+
+/// [`checkpoint`] whose kept inputs wait in pinned host memory instead of on the GPU
+/// (Unsloth's "unsloth" gradient checkpointing): copied out on the copy stream while the
+/// segment runs, and copied back for the recompute, the previous segment's input being
+/// fetched while this one's backward runs. On the CPU it is [`checkpoint`].
+pub fn checkpoint_offloaded(inputs: &[Tensor], f: Segment) -> Result<Tensor> {
+    checkpoint_with(inputs, f, true)
+}
+
+fn checkpoint_with(inputs: &[Tensor], f: Segment, offload: bool) -> Result<Tensor> {
+    let offload = offload && is_grad_enabled() && inputs.iter().any(|t| !t.device().is_cpu());
+    let parked = match offload {
+        true => Some(Parked::start(inputs)?),
+        false => None,
+    };
     let out = {
         let _g = no_grad();
         f(inputs)?
@@ -165,15 +183,61 @@ pub fn checkpoint(inputs: &[Tensor], f: Segment) -> Result<Tensor> {
     if !is_grad_enabled() {
         return Ok(out);
     }
-    let node = Arc::new(CheckpointBackward { inputs: inputs.to_vec(), f });
+    // With the values parked, the graph keeps only the inputs' identities.
+    let kept = match &parked {
+        Some(_) => inputs.iter().map(Tensor::shell).collect(),
+        None => inputs.to_vec(),
+    };
+    let node = Arc::new(CheckpointBackward { inputs: kept, f, parked });
     // The segment may capture trainable leaves, so the output is tracked even when no
     // input requires grad.
     Ok(out.with_grad_state(true, Some(node)))
 }
 
+thread_local! {
+    /// The inputs parked by the latest offloaded checkpoint: the next one links to them, so
+    /// that its backward (which runs just before theirs) can start fetching them.
+    static LAST_PARKED: RefCell<Weak<Parked>> = const { RefCell::new(Weak::new()) };
+}
+
+/// Checkpoint inputs in pinned host memory.
+struct Parked {
+    copies: Vec<HostCopy>,
+    /// Brought back ahead of time by the next segment's backward.
+    fetched: Mutex<Option<Vec<Tensor>>>,
+    previous: Weak<Parked>,
+}
+
+impl Parked {
+    fn start(inputs: &[Tensor]) -> Result<Arc<Parked>> {
+        let copies = inputs.iter().map(HostCopy::start).collect::<Result<Vec<_>>>()?;
+        let previous = LAST_PARKED.with(|l| l.borrow().clone());
+        let p = Arc::new(Parked { copies, fetched: Mutex::new(None), previous });
+        LAST_PARKED.with(|l| *l.borrow_mut() = Arc::downgrade(&p));
+        Ok(p)
+    }
+
+    /// Starts bringing the values back (once).
+    fn fetch(&self) -> Result<()> {
+        let mut slot = self.fetched.lock().expect("parked inputs poisoned");
+        if slot.is_none() {
+            *slot = Some(self.copies.iter().map(HostCopy::restore).collect::<Result<Vec<_>>>()?);
+        }
+        Ok(())
+    }
+
+    /// The values on the device (fetched now if they were not already).
+    fn take(&self) -> Result<Vec<Tensor>> {
+        self.fetch()?;
+        Ok(self.fetched.lock().expect("parked inputs poisoned").take().expect("fetched above"))
+    }
+}
+
 struct CheckpointBackward {
+    /// The inputs (or, when parked, tensors with only their identity and history).
     inputs: Vec<Tensor>,
     f: Segment,
+    parked: Option<Arc<Parked>>,
 }
 
 impl Backward for CheckpointBackward {
@@ -184,8 +248,22 @@ impl Backward for CheckpointBackward {
         self.inputs.clone()
     }
     fn backward(&self, grad: &Tensor, store: &mut GradStore) -> Result<Vec<Option<Tensor>>> {
-        let fresh: Vec<Tensor> =
-            self.inputs.iter().map(|t| if t.requires_grad() { t.detach().into_var() } else { t.detach() }).collect();
+        let values = match &self.parked {
+            Some(p) => {
+                let values = p.take()?;
+                // The previous segment's backward comes next: its inputs travel meanwhile.
+                if let Some(prev) = p.previous.upgrade() {
+                    prev.fetch()?;
+                }
+                values
+            }
+            None => self.inputs.clone(),
+        };
+        let fresh: Vec<Tensor> = values
+            .iter()
+            .zip(&self.inputs)
+            .map(|(v, t)| if t.requires_grad() { v.detach().into_var() } else { v.detach() })
+            .collect();
         let out = {
             let _g = enable_grad();
             (self.f)(&fresh)?

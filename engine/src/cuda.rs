@@ -6,7 +6,7 @@ use crate::storage::CpuStorage;
 use crate::{DType, Error, Layout, Result};
 use half::{bf16, f16};
 use kernels_cuda::cudarc::cublas::CudaBlas;
-use kernels_cuda::cudarc::driver::{CudaSlice, DeviceRepr};
+use kernels_cuda::cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, PinnedHostSlice};
 use kernels_cuda::ops::copy::{copy_strided, View};
 use kernels_cuda::Gpu;
 use std::collections::HashMap;
@@ -17,6 +17,37 @@ pub struct CudaDevice {
     pub ordinal: usize,
     pub gpu: Gpu,
     pub blas: CudaBlas,
+    /// A second stream for host <-> device copies that overlap the kernels (made on first use).
+    copy: OnceLock<Arc<CudaStream>>,
+    /// Page-locked host buffers free for reuse (see `offload`).
+    pinned: Mutex<Vec<PinnedHostSlice<u8>>>,
+}
+
+impl CudaDevice {
+    /// The copy stream (offloading runs there, beside the compute stream `gpu.stream()`).
+    pub fn copy_stream(&self) -> Result<Arc<CudaStream>> {
+        if let Some(s) = self.copy.get() {
+            return Ok(s.clone());
+        }
+        let s = drv(self.gpu.context().new_stream(), "creating the copy stream")?;
+        Ok(self.copy.get_or_init(|| s).clone())
+    }
+
+    /// A pinned host buffer of exactly `n` bytes: a pooled one when there is one, else new.
+    pub(crate) fn take_pinned(&self, n: usize) -> Result<PinnedHostSlice<u8>> {
+        let mut pool = self.pinned.lock().expect("pinned pool poisoned");
+        if let Some(i) = pool.iter().position(|b| b.len() == n) {
+            return Ok(pool.swap_remove(i));
+        }
+        drop(pool);
+        // SAFETY: the buffer is written by a device -> host copy before anything reads it.
+        drv(unsafe { self.gpu.context().alloc_pinned::<u8>(n) }, "allocating pinned host memory")
+    }
+
+    /// Gives a pinned buffer back to the pool.
+    pub(crate) fn return_pinned(&self, b: PinnedHostSlice<u8>) {
+        self.pinned.lock().expect("pinned pool poisoned").push(b);
+    }
 }
 
 impl std::fmt::Debug for CudaDevice {
@@ -35,7 +66,7 @@ pub fn device(ordinal: usize) -> Result<Arc<CudaDevice>> {
     let unavailable = |reason: String| Error::CudaUnavailable { ordinal, reason };
     let gpu = Gpu::new(ordinal).map_err(|e| unavailable(e.to_string()))?;
     let blas = CudaBlas::new(gpu.stream().clone()).map_err(|e| unavailable(format!("cuBLAS: {e}")))?;
-    let d = Arc::new(CudaDevice { ordinal, gpu, blas });
+    let d = Arc::new(CudaDevice { ordinal, gpu, blas, copy: OnceLock::new(), pinned: Mutex::new(Vec::new()) });
     map.insert(ordinal, d.clone());
     Ok(d)
 }
@@ -181,6 +212,23 @@ impl CudaStorage {
             DType::U32 => CudaBuf::U32(drv(s.alloc_zeros(n), "device allocation")?),
             DType::I32 => CudaBuf::I32(drv(s.alloc_zeros(n), "device allocation")?),
             DType::F64 => return Err(Error::DType { op: "zeros(cuda)", dtype }),
+        };
+        Ok(CudaStorage::tracked(buf, dev))
+    }
+
+    /// `n` elements of `dtype` on `dev`, not initialized (for buffers a copy fills at once).
+    pub(crate) fn uninit(dtype: DType, n: usize, dev: &Arc<CudaDevice>) -> Result<CudaStorage> {
+        let s = dev.gpu.stream();
+        // SAFETY: callers overwrite every element before any kernel reads the buffer.
+        let buf = unsafe {
+            match dtype {
+                DType::F32 => CudaBuf::F32(drv(s.alloc(n), "device allocation")?),
+                DType::F16 => CudaBuf::F16(drv(s.alloc(n), "device allocation")?),
+                DType::BF16 => CudaBuf::BF16(drv(s.alloc(n), "device allocation")?),
+                DType::U32 => CudaBuf::U32(drv(s.alloc(n), "device allocation")?),
+                DType::I32 => CudaBuf::I32(drv(s.alloc(n), "device allocation")?),
+                DType::F64 => return Err(Error::DType { op: "uninit(cuda)", dtype }),
+            }
         };
         Ok(CudaStorage::tracked(buf, dev))
     }

@@ -14,13 +14,14 @@ pub mod device;
 pub mod dtype;
 pub mod error;
 pub mod layout;
+pub mod offload;
 pub mod ops;
 pub mod quant;
 pub mod rng;
 pub mod storage;
 pub mod tensor;
 
-pub use autograd::{backward_from, checkpoint, is_grad_enabled, no_grad, GradStore};
+pub use autograd::{backward_from, checkpoint, checkpoint_offloaded, is_grad_enabled, no_grad, GradStore};
 pub use device::Device;
 pub use dtype::{DType, Real, WithDType};
 pub use error::{Error, Result};

@@ -169,6 +169,21 @@ impl Tensor {
     }
 
     /// A new view of this tensor's storage with another layout (no copy).
+    /// This tensor's identity and history without its values (empty storage): what the
+    /// graph needs of a checkpoint input whose values were parked elsewhere. Reading its
+    /// values is a bug.
+    pub(crate) fn shell(&self) -> Tensor {
+        Tensor(Arc::new(TensorInner {
+            id: self.0.id,
+            storage: Arc::new(RwLock::new(Storage::Cpu(CpuStorage::zeros(self.dtype(), 0)))),
+            layout: self.0.layout.clone(),
+            dtype: self.0.dtype,
+            device: self.0.device,
+            requires_grad: self.0.requires_grad,
+            grad_fn: self.0.grad_fn.clone(),
+        }))
+    }
+
     pub(crate) fn view(&self, layout: Layout) -> Tensor {
         Tensor(Arc::new(TensorInner {
             id: TensorId::new(),

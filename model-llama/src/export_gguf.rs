@@ -17,7 +17,6 @@
 //! `adapter.lora.alpha`, tensors `blk.N.attn_q.weight.lora_a` (`[r, in]`, GGML dims
 //! `[in, r]`) and `.lora_b` (`[out, r]`, rows of Q and K permuted as the base's).
 
-use rayon::prelude::*;
 use crate::error::{LoadError, Result};
 use crate::linear::{BaseWeight, Linear};
 use crate::model::Llama;
@@ -25,6 +24,7 @@ use crate::tokenizer::Tokenizer;
 use engine::{DType, Tensor};
 use gguf::mixes::{self, FileType, ModelInfo};
 use gguf::{Array, GgmlType, GgufFile, GgufWriter, TensorSpec, Value};
+use rayon::prelude::*;
 use serde_json::Value as Json;
 use std::path::{Path, PathBuf};
 

@@ -22,6 +22,6 @@ pub use error::{LoadError, Result};
 pub use kv_cache::KvCache;
 pub use linear::{BaseWeight, Linear, Lora};
 pub use load::{load_model, load_model_placed, LoadedModel};
-pub use model::{Layer, Llama, Placement, WeightSource, PROJECTIONS};
+pub use model::{Checkpointing, Layer, Llama, Placement, WeightSource, PROJECTIONS};
 pub use safetensors_dir::SafetensorsDir;
 pub use tokenizer::Tokenizer;

@@ -109,6 +109,28 @@ impl Layer {
     }
 }
 
+/// What a training forward keeps for backward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checkpointing {
+    /// Every activation (fastest, most memory).
+    Off,
+    /// Only each decoder layer's input; the layer runs again in backward.
+    Recompute,
+    /// As `Recompute`, with the layer inputs parked in pinned host memory (on a GPU).
+    Offload,
+}
+
+impl From<bool> for Checkpointing {
+    /// `true`: [`Checkpointing::Recompute`].
+    fn from(on: bool) -> Checkpointing {
+        if on {
+            Checkpointing::Recompute
+        } else {
+            Checkpointing::Off
+        }
+    }
+}
+
 /// Where and how [`Llama::load_placed`] stores the weights as it reads them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Placement {
@@ -230,21 +252,26 @@ impl Llama {
     }
 
     /// Final hidden states `[b, t, hidden]` (after the last norm) for `ids: [b, t]` (u32).
-    /// `checkpoint` drops each layer's activations and recomputes them in backward.
+    /// `checkpoint` says what each layer keeps for backward (see [`Checkpointing`]).
     pub fn hidden_states(
         &self,
         ids: &Tensor,
         mut cache: Option<&mut KvCache>,
-        checkpoint: bool,
+        checkpoint: impl Into<Checkpointing>,
     ) -> engine::Result<Tensor> {
+        let checkpoint = checkpoint.into();
         let start = cache.as_ref().map_or(0, |c| c.len());
         let mut x = ops::embedding(ids, &self.embed_tokens)?;
         for (i, layer) in self.layers.iter().enumerate() {
             x = match cache.as_deref_mut() {
                 Some(c) => layer.forward(&x, start, Some((c, i)))?,
-                None if checkpoint && autograd::is_grad_enabled() => {
+                None if checkpoint != Checkpointing::Off && autograd::is_grad_enabled() => {
                     let layer = layer.clone();
-                    autograd::checkpoint(&[x], Arc::new(move |xs| layer.forward(&xs[0], start, None)))?
+                    let segment: autograd::Segment = Arc::new(move |xs| layer.forward(&xs[0], start, None));
+                    match checkpoint {
+                        Checkpointing::Offload => autograd::checkpoint_offloaded(&[x], segment)?,
+                        _ => autograd::checkpoint(&[x], segment)?,
+                    }
                 }
                 None => layer.forward(&x, start, None)?,
             };
@@ -271,7 +298,7 @@ impl Llama {
 
     /// Mean next-token cross-entropy, as transformers computes it: position `i` predicts
     /// `labels[i + 1]`; labels of -100 are ignored.
-    pub fn loss(&self, ids: &Tensor, labels: &Tensor, checkpoint: bool) -> engine::Result<Tensor> {
+    pub fn loss(&self, ids: &Tensor, labels: &Tensor, checkpoint: impl Into<Checkpointing>) -> engine::Result<Tensor> {
         let (b, t) = (ids.dim(0), ids.dim(1));
         let h = self.hidden_states(ids, None, checkpoint)?;
         let h = ops::reshape(&ops::narrow(&h, 1, 0, t - 1)?, &[b * (t - 1), self.config.hidden_size])?;

@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use engine::rng::Rng;
 use engine::{DType, Device, Tensor};
 use half::bf16;
-use model_llama::{Llama, LlamaConfig, WeightSource, PROJECTIONS};
+use model_llama::{Checkpointing, Llama, LlamaConfig, WeightSource, PROJECTIONS};
 use rayon::prelude::*;
 use std::time::Instant;
 
@@ -26,6 +26,9 @@ pub struct Args {
     batch: usize,
     #[arg(long, default_value_t = 16)]
     rank: usize,
+    /// Park each layer's saved input in pinned host memory (offloaded checkpointing).
+    #[arg(long)]
+    offload: bool,
     /// Timed steps after one warm-up step.
     #[arg(long, default_value_t = 2)]
     steps: usize,
@@ -115,7 +118,8 @@ pub fn run(args: Args) -> Result<()> {
     for step in 0..=args.steps {
         engine::cuda::reset_peak();
         let t = Instant::now();
-        let loss = model.loss(&input, &labels, true)?;
+        let checkpointing = if args.offload { Checkpointing::Offload } else { Checkpointing::Recompute };
+        let loss = model.loss(&input, &labels, checkpointing)?;
         let grads = loss.backward()?;
         cuda.gpu.synchronize().map_err(|e| anyhow::anyhow!("{e}"))?;
         let secs = t.elapsed().as_secs_f64();

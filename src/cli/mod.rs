@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod doctor;
+pub mod export;
 pub mod generate;
 pub mod gpu_check;
 pub mod train;

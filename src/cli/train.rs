@@ -6,8 +6,10 @@
 //! Paths in the run file (model, data, template, output_dir, resume) are relative to the
 //! current directory, as on the command line.
 
+use super::export::{self, ExportOptions};
 use anyhow::{bail, Context, Result};
 use engine::{DType, Device};
+use gguf::mixes::FileType;
 use model_llama::chat::{ChatMessage, ChatTemplate};
 use model_llama::generate::{generate, Sampler, SamplingParams};
 use model_llama::{Llama, Placement, Tokenizer, PROJECTIONS};
@@ -117,6 +119,10 @@ pub struct Args {
     /// Recompute each layer's activations in backward [default: true].
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     gradient_checkpointing: Option<bool>,
+    /// With gradient checkpointing on a GPU, keep each layer's saved input in pinned host
+    /// memory instead of on the device [default: true].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    offload_activations: Option<bool>,
     /// Write a checkpoint every this many steps (and after the last).
     #[arg(long)]
     checkpoint_every: Option<usize>,
@@ -127,6 +133,10 @@ pub struct Args {
     /// to `<output_dir>/merged`.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     save_merged: Option<bool>,
+    /// After training, also export the merged model as GGUF (q8_0, f16, bf16, q4_k_m, ...)
+    /// with an Ollama Modelfile into `<output_dir>/gguf`.
+    #[arg(long)]
+    export_gguf: Option<String>,
     /// Continue from a checkpoint folder, or `latest` (the newest in output_dir, if any).
     #[arg(long)]
     resume: Option<String>,
@@ -181,9 +191,11 @@ impl Args {
             seed,
             shuffle,
             gradient_checkpointing,
+            offload_activations,
             checkpoint_every,
             output_dir,
             save_merged,
+            export_gguf,
             resume,
             question,
             question_field,
@@ -235,6 +247,7 @@ struct Run {
     lora: LoraConfig,
     train: TrainConfig,
     save_merged: bool,
+    export_gguf: Option<FileType>,
     resume: Option<String>,
     question: Option<String>,
     question_field: String,
@@ -300,6 +313,7 @@ fn resolve(a: Args) -> Result<Run> {
     train.seed = a.seed.unwrap_or(train.seed);
     train.shuffle = a.shuffle.unwrap_or(train.shuffle);
     train.gradient_checkpointing = a.gradient_checkpointing.unwrap_or(train.gradient_checkpointing);
+    train.offload_activations = a.offload_activations.unwrap_or(train.offload_activations);
     train.save_steps = a.checkpoint_every.filter(|&n| n > 0);
     train.output_dir = Some(a.output_dir.unwrap_or_else(|| PathBuf::from("out")));
     train.base_model = Some(model.clone());
@@ -328,6 +342,10 @@ fn resolve(a: Args) -> Result<Run> {
         lora,
         train,
         save_merged: a.save_merged.unwrap_or(false),
+        export_gguf: match &a.export_gguf {
+            Some(q) => Some(q.parse::<FileType>().map_err(|e| anyhow::anyhow!("export_gguf: {e}"))?),
+            None => None,
+        },
         resume: a.resume,
         question: a.question.filter(|q| !q.trim().is_empty()),
         question_field: a.question_field.unwrap_or_else(|| "instruction".into()),
@@ -380,7 +398,11 @@ impl Run {
             "  seed             {}{}{}",
             t.seed,
             if t.shuffle { ", shuffled" } else { ", file order" },
-            if t.gradient_checkpointing { ", gradient checkpointing" } else { "" }
+            match (t.gradient_checkpointing, t.offload_activations && !self.device.is_cpu()) {
+                (true, true) => ", gradient checkpointing (layer inputs offloaded to pinned host memory)",
+                (true, false) => ", gradient checkpointing",
+                (false, _) => "",
+            }
         );
         println!(
             "  output_dir       {}{}",
@@ -562,6 +584,16 @@ pub fn run(args: Args) -> Result<()> {
     println!("loss curve: {}", png.display());
     if run.save_merged {
         save_merged(&model, &tok, &model_path, &out_dir.join("merged"))?;
+    }
+    if let Some(quant) = run.export_gguf {
+        let opts = ExportOptions {
+            quant,
+            name: Some(format!("{}-lora", export::default_name(&run.model, &model_path))),
+            overwrite: true,
+            ..ExportOptions::new(out_dir.join("gguf"))
+        };
+        let report = export::export(&model, &tok, &model_path, &opts)?;
+        println!("{report}");
     }
     drop(trainer);
 

@@ -30,7 +30,7 @@ use crate::st::{self, Stored};
 use crate::{Result, TrainError};
 use engine::rng::Rng;
 use engine::{ops, DType, Tensor};
-use model_llama::Llama;
+use model_llama::{Checkpointing, Llama};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -68,6 +68,9 @@ pub struct TrainConfig {
     pub shuffle: bool,
     /// Recompute each layer's activations in backward instead of keeping them.
     pub gradient_checkpointing: bool,
+    /// With checkpointing on a GPU, park each layer's saved input in pinned host memory
+    /// (Unsloth's "unsloth" mode); no effect on the CPU.
+    pub offload_activations: bool,
     /// Write a checkpoint every this many steps (and after the last step) into `output_dir`.
     pub save_steps: Option<usize>,
     /// Where `metrics.jsonl` and checkpoints go; nothing is written when `None`.
@@ -94,6 +97,7 @@ impl Default for TrainConfig {
             seed: 3407,
             shuffle: true,
             gradient_checkpointing: true,
+            offload_activations: true,
             save_steps: None,
             output_dir: None,
             pad_id: 0,
@@ -180,8 +184,9 @@ pub fn accumulate_gradients(
     model: &Llama,
     params: &[(String, Tensor)],
     batches: &[Batch],
-    checkpoint: bool,
+    checkpoint: impl Into<Checkpointing>,
 ) -> Result<(f64, Vec<Tensor>)> {
+    let checkpoint = checkpoint.into();
     let total: usize = batches.iter().map(|b| b.n_targets).sum();
     if total == 0 {
         return Err(TrainError::Data("a step's micro-batches hold no target token".into()));
@@ -352,6 +357,14 @@ impl<'a> Trainer<'a> {
             .collect()
     }
 
+    fn checkpointing(&self) -> Checkpointing {
+        match (self.cfg.gradient_checkpointing, self.cfg.offload_activations) {
+            (false, _) => Checkpointing::Off,
+            (true, false) => Checkpointing::Recompute,
+            (true, true) => Checkpointing::Offload,
+        }
+    }
+
     /// When `flag` becomes true, [`Trainer::train_until`] finishes the step under way, writes a
     /// checkpoint (when there is an output_dir) and returns [`TrainError::Interrupted`].
     pub fn set_stop_flag(&mut self, flag: Arc<AtomicBool>) {
@@ -383,20 +396,19 @@ impl<'a> Trainer<'a> {
             value,
             last_checkpoint: self.last_checkpoint.clone(),
         };
-        let (loss, grads) =
-            match accumulate_gradients(self.model, &self.params, &batches, self.cfg.gradient_checkpointing) {
-                Err(TrainError::NonFinite { what, value, .. }) => return Err(nonfinite(what, value)),
-                Err(e) if e.is_out_of_memory() => {
-                    return Err(TrainError::OutOfMemory {
-                        step: s + 1,
-                        batch_size: self.cfg.batch_size,
-                        longest: batches.iter().map(|b| b.ids.dim(1)).max().unwrap_or(0),
-                        checkpointing: self.cfg.gradient_checkpointing,
-                        detail: e.to_string(),
-                    })
-                }
-                other => other?,
-            };
+        let (loss, grads) = match accumulate_gradients(self.model, &self.params, &batches, self.checkpointing()) {
+            Err(TrainError::NonFinite { what, value, .. }) => return Err(nonfinite(what, value)),
+            Err(e) if e.is_out_of_memory() => {
+                return Err(TrainError::OutOfMemory {
+                    step: s + 1,
+                    batch_size: self.cfg.batch_size,
+                    longest: batches.iter().map(|b| b.ids.dim(1)).max().unwrap_or(0),
+                    checkpointing: self.cfg.gradient_checkpointing,
+                    detail: e.to_string(),
+                })
+            }
+            other => other?,
+        };
         let (grad_norm, grad_scale) = clip_grad_norm(&grads, self.cfg.max_grad_norm)?;
         if !grad_norm.is_finite() {
             return Err(nonfinite("the gradient norm", grad_norm));
