@@ -173,7 +173,7 @@ fn generate_with(dir: &Path, device: &str, nf4: bool) -> Vec<u32> {
         (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
     assert!(out.status.success(), "ferrotune {args:?} failed:\n{stderr}");
     let on_gpu = device == "cuda" || (device == "auto" && Device::cuda(0).is_ok());
-    assert_eq!(stderr.contains("moved to "), on_gpu, "--device {device}: {stderr}");
+    assert_eq!(stderr.contains(" onto "), on_gpu, "--device {device}: {stderr}");
     assert_eq!(stderr.contains("generating on the CPU"), device == "auto" && !on_gpu, "{stderr}");
     assert_eq!(stderr.contains("NF4"), nf4, "{stderr}");
     // Words may or may not be separated by spaces in the streamed text: split before each `w`.

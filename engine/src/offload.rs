@@ -5,7 +5,8 @@
 //! overlap the kernels of the compute stream; cudarc's per-buffer events order them: the
 //! device -> host copy waits for the kernel that wrote the tensor, the tensor's memory is
 //! freed only after the copy read it, and kernels that read a restored tensor wait for its
-//! host -> device copy. Pinned buffers are allocated once (page-locking is slow) and reused
+//! host -> device copy. One order cudarc does not see is added here: a restored tensor's
+//! buffer is allocated on the compute stream, so the copy into it waits for that stream. Pinned buffers are allocated once (page-locking is slow) and reused
 //! through a per-device pool.
 
 use crate::cuda::{drv, CudaBuf, CudaDevice, CudaStorage};
@@ -69,6 +70,11 @@ impl HostCopy {
         let n: usize = self.shape.iter().product();
         let mut out = CudaStorage::uninit(dtype, n, dev)?;
         let stream = dev.copy_stream()?;
+        // The allocation is ordered on the compute stream (its memory may have been freed
+        // there by work still queued); a fresh buffer has no recorded events for cudarc to
+        // wait on, so the copy stream waits for the compute stream explicitly.
+        let allocated = drv(dev.gpu.stream().record_event(None), "recording an event")?;
+        drv(stream.wait(&allocated), "ordering the copy stream after the allocation")?;
         fn go<T: DeviceRepr>(
             stream: &Arc<kernels_cuda::cudarc::driver::CudaStream>,
             src: &PinnedHostSlice<u8>,

@@ -62,6 +62,10 @@ pub struct Args {
     /// Longest row in tokens; longer rows are cut [default: 2048].
     #[arg(long)]
     max_seq_length: Option<usize>,
+    /// Concatenate the rows and cut them into max_seq_length-token rows (no padding; rows see
+    /// their neighbours) [default: false].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    packing: Option<bool>,
     /// Train only on the responses (the template's part from {output} on, assistant turns).
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     responses_only: Option<bool>,
@@ -172,6 +176,7 @@ impl Args {
             text_field,
             rows,
             max_seq_length,
+            packing,
             responses_only,
             lora_r,
             lora_alpha,
@@ -243,6 +248,7 @@ struct Run {
     text_field: String,
     rows: Option<String>,
     max_seq_length: usize,
+    packing: bool,
     responses_only: bool,
     lora: LoraConfig,
     train: TrainConfig,
@@ -338,6 +344,7 @@ fn resolve(a: Args) -> Result<Run> {
         text_field,
         rows: a.rows,
         max_seq_length: a.max_seq_length.unwrap_or(2048),
+        packing: a.packing.unwrap_or(false),
         responses_only: a.responses_only.unwrap_or(false),
         lora,
         train,
@@ -372,7 +379,7 @@ impl Run {
         println!("  device           {} ({:?})", self.device, self.dtype);
         println!("  data             {} rows {}", self.data.display(), self.rows.as_deref().unwrap_or("all"));
         println!("  format           {format}{}", if self.responses_only { ", responses only" } else { "" });
-        println!("  max_seq_length   {}", self.max_seq_length);
+        println!("  max_seq_length   {}{}", self.max_seq_length, if self.packing { ", packed" } else { "" });
         println!(
             "  lora             r {} alpha {} dropout {}{} on {}",
             self.lora.r,
@@ -480,6 +487,7 @@ pub fn run(args: Args) -> Result<()> {
         max_seq_len: run.max_seq_length,
         responses_only: run.responses_only,
         append_eos: true,
+        packing: run.packing,
     };
     let dataset = data::build_dataset(&raw, &format, &tok, &opts)?;
     let lens: Vec<usize> = dataset.examples.iter().map(|e| e.ids.len()).collect();

@@ -207,11 +207,15 @@ pub struct DataOptions {
     /// Append the tokenizer's EOS id to each row (chat rows already ending in an EOS id get
     /// none).
     pub append_eos: bool,
+    /// Concatenate the rows (each ending in its EOS) and cut the stream into rows of
+    /// `max_seq_len` tokens: no padding, at the price of rows seeing their neighbours in the
+    /// same sequence (TRL's classic `ConstantLengthDataset` packing).
+    pub packing: bool,
 }
 
 impl Default for DataOptions {
     fn default() -> Self {
-        DataOptions { slice: None, max_seq_len: 2048, responses_only: false, append_eos: true }
+        DataOptions { slice: None, max_seq_len: 2048, responses_only: false, append_eos: true, packing: false }
     }
 }
 
@@ -473,7 +477,22 @@ pub fn build_dataset(raw: &RawData, format: &DataFormat, enc: &dyn TextEncoder, 
             "{file}: the data set is empty: none of its selected rows has a token to train on"
         )));
     }
+    if opts.packing {
+        ds.examples = pack(std::mem::take(&mut ds.examples), opts.max_seq_len);
+    }
     Ok(ds)
+}
+
+/// The examples' tokens and labels end to end, cut into rows of `len` (the last one shorter);
+/// rows left with nothing to train on are dropped.
+pub fn pack(examples: Vec<Example>, len: usize) -> Vec<Example> {
+    let ids: Vec<u32> = examples.iter().flat_map(|e| e.ids.iter().copied()).collect();
+    let labels: Vec<i32> = examples.iter().flat_map(|e| e.labels.iter().copied()).collect();
+    ids.chunks(len)
+        .zip(labels.chunks(len))
+        .map(|(i, l)| Example { ids: i.to_vec(), labels: l.to_vec() })
+        .filter(|e| e.n_targets() > 0)
+        .collect()
 }
 
 fn kind(v: &Value) -> &'static str {

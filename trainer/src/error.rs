@@ -48,9 +48,9 @@ pub enum TrainError {
 }
 
 impl TrainError {
-    /// Whether this is the CUDA driver's out-of-memory error.
+    /// Whether this is the CUDA driver's (or cuBLAS's) out-of-memory error.
     pub fn is_out_of_memory(&self) -> bool {
-        matches!(self, TrainError::Engine(e) if e.to_string().contains("OUT_OF_MEMORY"))
+        matches!(self, TrainError::Engine(e) if { let m = e.to_string(); m.contains("OUT_OF_MEMORY") || m.contains("ALLOC_FAILED") })
     }
 
     pub fn io(path: &Path, source: std::io::Error) -> TrainError {
@@ -59,3 +59,33 @@ impl TrainError {
 }
 
 pub type Result<T> = std::result::Result<T, TrainError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The driver's out-of-memory error (as cudarc reports it through the engine) is
+    /// recognized, and the message built from it names the settings to lower.
+    #[test]
+    fn out_of_memory_is_recognized_and_explained() {
+        let driver = TrainError::Engine(engine::Error::Msg(
+            "device allocation: DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")".into(),
+        ));
+        assert!(driver.is_out_of_memory());
+        assert!(!TrainError::Engine(engine::Error::Msg("device allocation: invalid value".into())).is_out_of_memory());
+        assert!(!TrainError::Data("OUT_OF_MEMORY in a data file".into()).is_out_of_memory());
+        let e = TrainError::OutOfMemory {
+            step: 3,
+            batch_size: 2,
+            longest: 2048,
+            checkpointing: false,
+            detail: driver.to_string(),
+        };
+        let msg = e.to_string();
+        for want in
+            ["step 3", "batch_size 2", "2048 tokens", "lower batch_size", "max_seq_length", "gradient_checkpointing"]
+        {
+            assert!(msg.contains(want), "{want:?} missing from: {msg}");
+        }
+    }
+}

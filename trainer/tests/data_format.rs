@@ -319,3 +319,25 @@ fn token_rows_are_taken_as_they_are() {
     let e = err_text(data::load_dataset(&missing, &format, &Bytes, &opts));
     assert!(e.contains("m.jsonl line 1") && e.contains("missing field \"input_ids\""), "{e}");
 }
+
+#[test]
+fn packing_cuts_the_token_stream_into_full_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(dir.path(), "p.jsonl", "{\"text\": \"ab\"}\n{\"text\": \"cde\"}\n{\"text\": \"fghi\"}\n");
+    let format = DataFormat::Text { field: "text".into() };
+    let plain =
+        data::load_dataset(&p, &format, &Bytes, &DataOptions { max_seq_len: 5, ..DataOptions::default() }).unwrap();
+    let opts = DataOptions { max_seq_len: 5, packing: true, ..DataOptions::default() };
+    let packed = data::load_dataset(&p, &format, &Bytes, &opts).unwrap();
+    // BOS + text + EOS per row: 4 + 5 + 6 tokens (the last cut to 5) = 14 tokens in rows of 5.
+    let stream: Vec<u32> = plain.examples.iter().flat_map(|e| e.ids.clone()).collect();
+    assert_eq!(stream.len(), 14);
+    let lens: Vec<usize> = packed.examples.iter().map(|e| e.ids.len()).collect();
+    assert_eq!(lens, vec![5, 5, 4]);
+    let joined: Vec<u32> = packed.examples.iter().flat_map(|e| e.ids.clone()).collect();
+    assert_eq!(joined, stream);
+    assert_eq!(packed.examples[0].ids, [BOS, b'a' as u32, b'b' as u32, EOS, BOS]);
+    let labels: Vec<i32> = packed.examples.iter().flat_map(|e| e.labels.clone()).collect();
+    let want: Vec<i32> = plain.examples.iter().flat_map(|e| e.labels.clone()).collect();
+    assert_eq!(labels, want);
+}
