@@ -17,7 +17,7 @@
 
 use engine::rng::Rng;
 use engine::{DType, Tensor};
-use model_llama::save_hf::{save_merged_hf, SaveHfOptions};
+use model_llama::save_hf::{save_merged_hf, HfDtype, SaveHfOptions};
 use model_llama::{Llama, LlamaConfig, SafetensorsDir};
 use safetensors::tensor::{Dtype, TensorView};
 use std::collections::HashMap;
@@ -112,6 +112,8 @@ fn build_inputs(name: &str, dir: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) 
     );
     save_adapter(&adapter, &model, &lora, Some(base.to_str().unwrap())).unwrap();
     save_merged_hf(&model, Some(&base), &merged, &SaveHfOptions::default()).unwrap();
+    let opts = SaveHfOptions { dtype: HfDtype::F32, ..SaveHfOptions::default() };
+    save_merged_hf(&model, Some(&base), &merged.with_extension("f32"), &opts).unwrap();
     (base, adapter, merged, logits)
 }
 
@@ -142,15 +144,18 @@ fn peft_and_transformers_load_what_ferrotune_writes() {
             continue_or_fail(why);
             continue;
         }
-        let out = Command::new(python())
-            .arg(root().join("scripts/hf_interop.py"))
-            .args(["--base", base.to_str().unwrap(), "--adapter", adapter.to_str().unwrap()])
-            .args(["--merged", merged.to_str().unwrap(), "--logits", logits.to_str().unwrap()])
-            .output()
-            .expect("run scripts/hf_interop.py");
-        println!("{name}: {}", String::from_utf8_lossy(&out.stdout));
-        eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-        assert!(out.status.success(), "{name}: hf_interop.py failed ({})", out.status);
+        // The bf16 folder (within bf16 rounding) and the f32 one (max |delta| < 1e-3).
+        for folder in [merged.clone(), merged.with_extension("f32")] {
+            let out = Command::new(python())
+                .arg(root().join("scripts/hf_interop.py"))
+                .args(["--base", base.to_str().unwrap(), "--adapter", adapter.to_str().unwrap()])
+                .args(["--merged", folder.to_str().unwrap(), "--logits", logits.to_str().unwrap()])
+                .output()
+                .expect("run scripts/hf_interop.py");
+            println!("{name} {}: {}", folder.display(), String::from_utf8_lossy(&out.stdout));
+            eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+            assert!(out.status.success(), "{name}: hf_interop.py failed on {} ({})", folder.display(), out.status);
+        }
     }
     if keep.is_none() {
         let _ = std::fs::remove_dir_all(&work);

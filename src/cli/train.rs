@@ -725,8 +725,8 @@ fn gib(bytes: usize) -> f64 {
     bytes as f64 / (1u64 << 30) as f64
 }
 
-/// A step counter with the elapsed time and an estimate of what is left (hidden when stdout is
-/// not a terminal; the log lines still print).
+/// A step counter with the elapsed time and an estimate of what is left, drawn on stderr
+/// (hidden when stderr is not a terminal; the log lines still print).
 fn progress_bar(total: u64, done: u64) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
