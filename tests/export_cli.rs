@@ -108,14 +108,7 @@ fn model_with_adapter(dir: &Path) -> (Llama, Tokenizer) {
 }
 
 fn next_logprobs(model: &Llama, ids: &[u32]) -> Vec<f32> {
-    let _ng = engine::no_grad();
-    let t = Tensor::from_vec(ids.to_vec(), &[1, ids.len()]).unwrap();
-    let logits = model.forward(&t, None).unwrap().to_vec_f32().unwrap();
-    let v = model.config.vocab_size;
-    let last = &logits[(ids.len() - 1) * v..];
-    let max = last.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = max + last.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
-    last.iter().map(|&x| (x as f64 - lse) as f32).collect()
+    model.next_token_logprobs(ids).unwrap()
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -234,24 +227,7 @@ fn export_with_adapter_end_to_end() {
 
 /// The GGUF type name gguf-py gives (`UINT32`, `ARRAY[STRING]`).
 fn type_name(v: &Value) -> String {
-    fn scalar(t: gguf::ValueType) -> &'static str {
-        use gguf::ValueType::*;
-        match t {
-            U8 => "UINT8",
-            I8 => "INT8",
-            U16 => "UINT16",
-            I16 => "INT16",
-            U32 => "UINT32",
-            I32 => "INT32",
-            U64 => "UINT64",
-            I64 => "INT64",
-            F32 => "FLOAT32",
-            F64 => "FLOAT64",
-            Bool => "BOOL",
-            String => "STRING",
-            Array => "ARRAY",
-        }
-    }
+    let scalar = gguf::ValueType::spec_name;
     match v {
         Value::Array(a) if a.is_empty() => "ARRAY[]".into(),
         Value::Array(a) => format!("ARRAY[{}]", scalar(a.element_type())),

@@ -20,6 +20,27 @@ pub enum ValueType {
 }
 
 impl ValueType {
+    /// The type's name in the GGUF specification (`GGUF_TYPE_UINT32` without the prefix, as
+    /// gguf-py's `GGUFValueType` names it).
+    pub fn spec_name(self) -> &'static str {
+        use ValueType::*;
+        match self {
+            U8 => "UINT8",
+            I8 => "INT8",
+            U16 => "UINT16",
+            I16 => "INT16",
+            U32 => "UINT32",
+            I32 => "INT32",
+            U64 => "UINT64",
+            I64 => "INT64",
+            F32 => "FLOAT32",
+            F64 => "FLOAT64",
+            Bool => "BOOL",
+            String => "STRING",
+            Array => "ARRAY",
+        }
+    }
+
     /// The type with GGUF id `id`, or `None` for an unknown id.
     pub fn from_id(id: u32) -> Option<ValueType> {
         use ValueType::*;

@@ -26,24 +26,7 @@ fn open_model() -> Option<GgufFile> {
 
 /// The GGUF type name gguf-py prints ("UINT32", "ARRAY[STRING]").
 fn type_name(v: &Value) -> String {
-    let scalar = |t: gguf::ValueType| {
-        use gguf::ValueType::*;
-        match t {
-            U8 => "UINT8",
-            I8 => "INT8",
-            U16 => "UINT16",
-            I16 => "INT16",
-            U32 => "UINT32",
-            I32 => "INT32",
-            U64 => "UINT64",
-            I64 => "INT64",
-            F32 => "FLOAT32",
-            F64 => "FLOAT64",
-            Bool => "BOOL",
-            String => "STRING",
-            Array => "ARRAY",
-        }
-    };
+    let scalar = gguf::ValueType::spec_name;
     match v {
         Value::Array(a) => format!("ARRAY[{}]", scalar(a.element_type())),
         v => scalar(v.value_type()).to_string(),

@@ -126,24 +126,7 @@ fn check_with_reader(
 
 /// The GGUF type name gguf-py gives (`UINT32`, `ARRAY[STRING]`, `ARRAY[ARRAY,INT32]`).
 fn type_name(v: &Value) -> String {
-    fn scalar(t: gguf::ValueType) -> &'static str {
-        use gguf::ValueType::*;
-        match t {
-            U8 => "UINT8",
-            I8 => "INT8",
-            U16 => "UINT16",
-            I16 => "INT16",
-            U32 => "UINT32",
-            I32 => "INT32",
-            U64 => "UINT64",
-            I64 => "INT64",
-            F32 => "FLOAT32",
-            F64 => "FLOAT64",
-            Bool => "BOOL",
-            String => "STRING",
-            Array => "ARRAY",
-        }
-    }
+    use gguf::ValueType;
     fn array(a: &Array) -> String {
         match a {
             // gguf-py names the nested element type from the first sub-array.
@@ -151,7 +134,7 @@ fn type_name(v: &Value) -> String {
                 Some(inner) => format!("ARRAY,{}", array(inner)),
                 None => "ARRAY".into(),
             },
-            a => scalar(a.element_type()).to_string(),
+            a => a.element_type().spec_name().to_string(),
         }
     }
     match v {
@@ -159,7 +142,7 @@ fn type_name(v: &Value) -> String {
         // our reader above).
         Value::Array(a) if a.is_empty() => "ARRAY[]".into(),
         Value::Array(a) => format!("ARRAY[{}]", array(a)),
-        v => scalar(v.value_type()).to_string(),
+        v => ValueType::spec_name(v.value_type()).to_string(),
     }
 }
 

@@ -35,8 +35,5 @@ fn bench(c: &mut Criterion, gpu: &Gpu) {
 }
 
 fn main() {
-    let Some(gpu) = common::gpu() else { return };
-    let mut c = common::criterion();
-    bench(&mut c, gpu);
-    c.final_summary();
+    common::run(bench);
 }

@@ -296,6 +296,18 @@ impl Llama {
         self.lm_logits(&h)
     }
 
+    /// The next-token log-softmax after the last of `ids` (one sequence), computed in f64 from
+    /// the f32 logits: what the comparisons with llama.cpp and transformers look at.
+    pub fn next_token_logprobs(&self, ids: &[u32]) -> engine::Result<Vec<f32>> {
+        let _ng = autograd::no_grad();
+        let t = Tensor::from_vec(ids.to_vec(), &[1, ids.len()])?;
+        let logits = self.forward(&t, None)?;
+        let last = ops::narrow(&logits, 1, ids.len() - 1, 1)?.to_vec_f32()?;
+        let max = last.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let lse = max + last.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+        Ok(last.iter().map(|&x| (x as f64 - lse) as f32).collect())
+    }
+
     /// Mean next-token cross-entropy, as transformers computes it: position `i` predicts
     /// `labels[i + 1]`; labels of -100 are ignored.
     pub fn loss(&self, ids: &Tensor, labels: &Tensor, checkpoint: impl Into<Checkpointing>) -> engine::Result<Tensor> {

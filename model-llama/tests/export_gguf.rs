@@ -58,16 +58,8 @@ fn attach_random_lora(model: &mut Llama, rank: usize, seed: u64) {
     }
 }
 
-/// Next-token log-softmax after the last token of `ids`.
 fn next_logprobs(model: &Llama, ids: &[u32]) -> Vec<f32> {
-    let _ng = engine::no_grad();
-    let t = Tensor::from_vec(ids.to_vec(), &[1, ids.len()]).unwrap();
-    let logits = model.forward(&t, None).unwrap().to_vec_f32().unwrap();
-    let v = model.config.vocab_size;
-    let last = &logits[(ids.len() - 1) * v..];
-    let max = last.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = max + last.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
-    last.iter().map(|&x| (x as f64 - lse) as f32).collect()
+    model.next_token_logprobs(ids).unwrap()
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {

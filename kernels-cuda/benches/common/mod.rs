@@ -39,6 +39,15 @@ pub fn gpu() -> Option<&'static Gpu> {
 
 /// Criterion with defaults short enough for a device session (overridable from the command
 /// line: `--warm-up-time`, `--measurement-time`, `--sample-size`).
+/// The body of every kernel bench's `main`: without a GPU, a skip message; else `bench`
+/// under [`criterion`], then criterion's summary.
+pub fn run(bench: fn(&mut Criterion, &Gpu)) {
+    let Some(gpu) = gpu() else { return };
+    let mut c = criterion();
+    bench(&mut c, gpu);
+    c.final_summary();
+}
+
 pub fn criterion() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_millis(500))
