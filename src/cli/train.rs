@@ -330,8 +330,17 @@ fn resolve(a: Args) -> Result<Run> {
     let dtype = match (a.dtype.as_deref().unwrap_or("auto"), device) {
         ("auto", Device::Cpu) | ("f32", _) => DType::F32,
         ("auto", Device::Cuda(_)) | ("bf16", _) => DType::BF16,
-        (other, _) => bail!("dtype \"{other}\": expected auto, bf16 or f32"),
+        (other, _) => bail!("dtype \"{other}\": expected auto, bf16 or f32 (f16 with loss scaling is not implemented)"),
     };
+    if let (DType::BF16, Device::Cuda(i)) = (dtype, device) {
+        let (major, minor) = engine::cuda::device(i)?.gpu.compute_capability();
+        if major < 8 {
+            bail!(
+                "this GPU (compute capability {major}.{minor}) has no bf16 arithmetic, and f16 with loss scaling \
+                 is not implemented: train with dtype = \"f32\""
+            );
+        }
+    }
     let text_field =
         a.text_field.unwrap_or_else(|| if matches!(format, Format::Tokens) { "input_ids" } else { "text" }.into());
     Ok(Run {
