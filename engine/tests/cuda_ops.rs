@@ -200,3 +200,38 @@ fn cuda_offloaded_checkpoint_matches_checkpoint() {
         assert!(a.iter().any(|&v| v != 0.0));
     }
 }
+
+/// NF4 quantization on the GPU against the CPU twin, bit for bit: packed codes, absmax (plain)
+/// or the double-quantized codes, scales and offset; f32 and bf16 weights; odd sizes (a short
+/// last block, an odd element count), a block of zeros, NaNs, an all-NaN block, and a weight
+/// large enough that every warp loops over several blocks.
+#[test]
+fn cuda_nf4_quantize_matches_cpu() {
+    use engine::ops::Nf4;
+    use engine::quant::nf4::Nf4Weight;
+    let Some(dev) = gpu() else { return };
+    for (i, shape) in [[7usize, 99], [64, 64], [300, 257], [4096, 1024]].into_iter().enumerate() {
+        let n = shape[0] * shape[1];
+        let mut v = Rng::new(60 + i as u64).normal_vec(n, 0.02);
+        if n > 400 {
+            v[64..128].iter_mut().for_each(|x| *x = 0.0);
+            v[128..192].iter_mut().for_each(|x| *x = f32::NAN);
+            v[200] = f32::NAN;
+            v[300] = 5.0;
+        }
+        for dtype in [DType::F32, DType::BF16] {
+            let host = ops::cast(&Tensor::from_vec(v.clone(), &shape).unwrap(), dtype).unwrap();
+            let values = host.to_vec_f32().unwrap();
+            for double_quant in [false, true] {
+                let want = Nf4Weight::quantize(&values, &shape, double_quant).unwrap();
+                let got = Nf4::quantize(&host.to_device(dev).unwrap(), double_quant).unwrap();
+                assert!(matches!(got, Nf4::Device(_)), "quantized on the GPU");
+                let got = got.to_host().unwrap();
+                assert!(
+                    got == want,
+                    "{shape:?} {dtype:?} double_quant {double_quant}: GPU and CPU quantizations differ"
+                );
+            }
+        }
+    }
+}

@@ -663,3 +663,64 @@ extern "C" __global__ void nf4_gemv8_bf16(const __nv_bfloat16 *x, const u8 *pack
     const u8 *codes, const float *scales, float offset, const float *map, __nv_bfloat16 *y, int rows, int k) {
     gemv_entry<__nv_bfloat16, 8>(x, packed, plain, codes, scales, offset, map, y, rows, k);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Quantization: one warp per 64-value block, two values (one packed byte) per lane, exactly as
+// engine::quant::nf4::Nf4Weight::quantize (bitsandbytes' kQuantizeBlockwise for NF4): the
+// block's absmax (fmaxf skips NaN), its reciprocal, each value times the reciprocal through
+// bitsandbytes' decision tree (strict '>' against the midpoints; NaN takes index 0). Values
+// past the end of the tensor are 0. Double quantization of the absmax runs on the host.
+
+namespace {
+
+__device__ __forceinline__ unsigned char nf4_index(float x) {
+    // The midpoints between neighbouring code values (engine::quant::nf4::NF4_THRESHOLDS).
+    const float t0 = -0.8480964004993439f, t1 = -0.6106329262256622f, t2 = -0.4599952697753906f,
+                t3 = -0.33967943489551544f, t4 = -0.23460740596055984f, t5 = -0.13791173323988914f,
+                t6 = -0.045525018125772476f, t7 = 0.03979014977812767f, t8 = 0.1202552504837513f,
+                t9 = 0.2035212516784668f, t10 = 0.2920137718319893f, t11 = 0.3893125355243683f,
+                t12 = 0.5016634166240692f, t13 = 0.6427869200706482f, t14 = 0.8614784181118011f;
+    if (x > t7) {
+        if (x > t11) {
+            if (x > t13) return x > t14 ? 15 : 14;
+            return x > t12 ? 13 : 12;
+        }
+        if (x > t9) return x > t10 ? 11 : 10;
+        return x > t8 ? 9 : 8;
+    }
+    if (x > t3) {
+        if (x > t5) return x > t6 ? 7 : 6;
+        return x > t4 ? 5 : 4;
+    }
+    if (x > t1) return x > t2 ? 3 : 2;
+    return x > t0 ? 1 : 0;
+}
+
+template <typename T>
+__device__ void nf4_quantize(const T *__restrict__ w, u64 n, unsigned char *__restrict__ packed,
+                             float *__restrict__ absmax) {
+    const int lane = threadIdx.x & 31;
+    const u64 warps = (u64)gridDim.x * (blockDim.x >> 5);
+    const u64 blocks = (n + 63) / 64;
+    for (u64 b = (u64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); b < blocks; b += warps) {
+        const u64 i = b * 64 + 2 * lane;
+        const float x0 = i < n ? ft::to_f32(w[i]) : 0.0f;
+        const float x1 = i + 1 < n ? ft::to_f32(w[i + 1]) : 0.0f;
+        // Starting from 0 keeps an all-NaN block at absmax 0 (fmaxf(NaN, NaN) is NaN).
+        float m = fmaxf(fmaxf(0.0f, fabsf(x0)), fabsf(x1));
+#pragma unroll
+        for (int offset = 16; offset > 0; offset >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, offset));
+        const float inv = 1.0f / m;
+        if (i < n) packed[i / 2] = (unsigned char)((nf4_index(x0 * inv) << 4) | nf4_index(x1 * inv));
+        if (lane == 0) absmax[b] = m;
+    }
+}
+
+} // namespace
+
+extern "C" __global__ void nf4_quantize_f32(const float *w, u64 n, unsigned char *packed, float *absmax) {
+    nf4_quantize(w, n, packed, absmax);
+}
+extern "C" __global__ void nf4_quantize_bf16(const __nv_bfloat16 *w, u64 n, unsigned char *packed, float *absmax) {
+    nf4_quantize(w, n, packed, absmax);
+}

@@ -117,6 +117,8 @@ pub const NF4: KernelModule = KernelModule {
     kernels: &[
         "nf4_dequant_f32",
         "nf4_dequant_bf16",
+        "nf4_quantize_f32",
+        "nf4_quantize_bf16",
         "nf4_gemv1_f32",
         "nf4_gemv2_f32",
         "nf4_gemv3_f32",

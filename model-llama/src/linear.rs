@@ -1,9 +1,7 @@
 //! Linear layers without bias, and the LoRA injection point on each of them.
 
 use engine::ops::{add, cast, matmul_nt, nf4_matmul_nt, scale, Nf4};
-use engine::quant::nf4::Nf4Weight;
 use engine::{Result, Tensor};
-use std::sync::Arc;
 
 /// A frozen base weight `[out, in]`.
 #[derive(Clone)]
@@ -57,11 +55,11 @@ impl Linear {
         Ok(())
     }
 
-    /// Replaces a dense base weight by its NF4 quantization (bitsandbytes `load_in_4bit`).
+    /// Replaces a dense base weight by its NF4 quantization (bitsandbytes `load_in_4bit`),
+    /// computed where the weight lives (on a GPU by the quantization kernel).
     pub fn quantize_nf4(&mut self, double_quant: bool) -> Result<()> {
         if let BaseWeight::Dense(w) = &self.base {
-            let q = Nf4Weight::quantize(&w.to_vec_f32()?, w.shape(), double_quant)?;
-            self.base = BaseWeight::Nf4(Nf4::Host(Arc::new(q)));
+            self.base = BaseWeight::Nf4(Nf4::quantize(w, double_quant)?);
         }
         Ok(())
     }

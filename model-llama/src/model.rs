@@ -199,7 +199,6 @@ impl Llama {
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
             let p = format!("model.layers.{i}");
-            // Projections stay in host memory until quantized (if asked), then move.
             let lin =
                 |name: &str, out: usize, inp: usize| read(&format!("{p}.{name}.weight"), &[out, inp]).map(Linear::new);
             let mut layer = Layer {
@@ -215,10 +214,11 @@ impl Llama {
                 cfg: config.clone(),
                 rope: rope.clone(),
             };
+            // Moved first, so that a GPU quantizes its own weights (bit-identical to the CPU).
+            layer.to_device(place.device, dtype)?;
             if place.nf4 {
                 layer.quantize_nf4(true)?;
             }
-            layer.to_device(place.device, dtype)?;
             layers.push(Arc::new(layer));
         }
         let embed_tokens = get("model.embed_tokens.weight", &[c.vocab_size, hd])?;

@@ -61,6 +61,69 @@ impl Nf4 {
         }
     }
 
+    /// Quantizes a dense 2-D weight `[out, in]` where it lives: on the CPU as
+    /// [`Nf4Weight::quantize`], on a GPU with the quantization kernel (the 4-bit pass; the
+    /// absmax vector, 1/64 of the values, is double-quantized on the host), bit-identical.
+    pub fn quantize(w: &Tensor, double_quant: bool) -> Result<Nf4> {
+        if w.rank() != 2 {
+            return Err(Error::shape("nf4 quantize", format!("expected a 2-D weight, got {:?}", w.shape())));
+        }
+        if w.device().is_cpu() {
+            return Ok(Nf4::Host(Arc::new(Nf4Weight::quantize(&w.to_vec_f32()?, w.shape(), double_quant)?)));
+        }
+        let w = dense(w)?;
+        let g = w.cuda_storage()?;
+        let s = cuda::cs(&g);
+        let dev = s.dev.clone();
+        let n = w.elem_count();
+        let stream = dev.gpu.stream();
+        let mut packed = cuda::drv(stream.alloc_zeros::<u8>(n.div_ceil(2)), "device allocation")?;
+        let mut absmax = cuda::drv(stream.alloc_zeros::<f32>(n.div_ceil(kernels::NF4_BLOCK)), "device allocation")?;
+        let r = match &s.buf {
+            CudaBuf::F32(v) => kernels::nf4_quantize(&dev.gpu, v, &mut packed, &mut absmax),
+            CudaBuf::BF16(v) => kernels::nf4_quantize(&dev.gpu, v, &mut packed, &mut absmax),
+            _ => return Err(Error::DType { op: "nf4 quantize (cuda)", dtype: w.dtype() }),
+        };
+        r.map_err(|e| cuda::err("nf4 quantize", e))?;
+        let absmax = match double_quant {
+            false => DeviceAbsmax::Plain(absmax),
+            true => {
+                let host = cuda::drv(stream.clone_dtoh(&absmax), "device -> host copy")?;
+                let Nf4Scales::Double { codes, scales, offset } = Nf4Scales::double_quantize(&host) else {
+                    unreachable!("double_quantize returns double scales")
+                };
+                DeviceAbsmax::Double {
+                    codes: cuda::upload(&dev, &codes)?,
+                    scales: cuda::upload(&dev, &scales)?,
+                    offset,
+                    map: cuda::upload(&dev, dynamic_map())?,
+                }
+            }
+        };
+        let (rows, cols) = (w.dim(0), w.dim(1));
+        Ok(Nf4::Device(Arc::new(DeviceNf4 { packed, absmax, rows, cols, dev })))
+    }
+
+    /// A host copy of the weight (device weights are downloaded).
+    pub fn to_host(&self) -> Result<Nf4Weight> {
+        let w = match self {
+            Nf4::Host(w) => return Ok((**w).clone()),
+            Nf4::Device(w) => w,
+        };
+        let s = w.dev.gpu.stream();
+        let down = |what| move |e| cuda::err(what, e);
+        let packed = s.clone_dtoh(&w.packed).map_err(down("device -> host copy"))?;
+        let scales = match &w.absmax {
+            DeviceAbsmax::Plain(a) => Nf4Scales::Plain(s.clone_dtoh(a).map_err(down("device -> host copy"))?),
+            DeviceAbsmax::Double { codes, scales, offset, .. } => Nf4Scales::Double {
+                codes: s.clone_dtoh(codes).map_err(down("device -> host copy"))?,
+                scales: s.clone_dtoh(scales).map_err(down("device -> host copy"))?,
+                offset: *offset,
+            },
+        };
+        Nf4Weight::from_parts(&[w.rows, w.cols], packed, scales)
+    }
+
     /// The dequantized weight `[out, in]` as `dtype` on the weight's device.
     pub fn dequantize(&self, dtype: DType) -> Result<Tensor> {
         match self {

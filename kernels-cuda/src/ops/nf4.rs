@@ -98,6 +98,41 @@ macro_rules! push_weights {
     }};
 }
 
+/// Quantizes the `w.len()` values of `w` to NF4: `packed` (two codes per byte, the even
+/// element in the high nibble) and one f32 `absmax` per 64 values, bit-identical to the CPU
+/// twin `engine::quant::nf4::Nf4Weight::quantize` before double quantization.
+pub fn nf4_quantize<T: KernelFloat>(
+    gpu: &Gpu,
+    w: &CudaSlice<T>,
+    packed: &mut CudaSlice<u8>,
+    absmax: &mut CudaSlice<f32>,
+) -> Result<()> {
+    let kernel = T::pick("nf4_quantize_f32", "nf4_quantize_bf16");
+    let n = w.len();
+    if n == 0 {
+        return Err(invalid(kernel, "an NF4 weight of no values".into()));
+    }
+    let blocks = n.div_ceil(NF4_BLOCK);
+    check_len(kernel, "packed", packed.len(), n.div_ceil(2))?;
+    check_len(kernel, "absmax", absmax.len(), blocks)?;
+    let function = gpu.kernel(&NF4, kernel)?;
+    let n_arg = n as u64;
+    let mut launch = gpu.stream().launch_builder(&function);
+    launch.arg(w).arg(&n_arg).arg(packed).arg(absmax);
+    // One warp per 64-value block, 8 warps per thread block; the kernel loops over the rest.
+    let warps = 8usize;
+    let cap = gpu.multiprocessors().max(1) as usize * 16;
+    let config = LaunchConfig {
+        grid_dim: (blocks.div_ceil(warps).clamp(1, cap) as u32, 1, 1),
+        block_dim: (32 * warps as u32, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: (pointer, u64, pointer, pointer) matches the kernel; w holds n values, packed
+    // ceil(n / 2) bytes and absmax one value per 64-value block (checked above).
+    unsafe { launch.launch(config) }.during(kernel)?;
+    Ok(())
+}
+
 /// Dequantizes all `out.len()` values of `w` into `out` (f32: bit-identical to the CPU twin;
 /// bf16: that rounded to nearest even).
 pub fn nf4_dequantize<T: KernelFloat>(gpu: &Gpu, w: &Nf4Weights, out: &mut CudaSlice<T>) -> Result<()> {
