@@ -74,6 +74,12 @@ fn missing_model_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(err.contains("no/such-model-here") && err.starts_with("error:"), "{err}");
+    // A mistyped .gguf path is said to be missing, not looked up on the hub as a repo id.
+    let out = ferrotune(&["generate", "--model", "models/no-such-file.gguf", "--prompt", "hi"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("models/no-such-file.gguf") && err.contains("not an existing file"), "{err}");
+    assert!(!err.contains("cache") && !err.contains("download"), "{err}");
 }
 
 #[test]

@@ -186,7 +186,9 @@ fn resolve_with(spec: &str, files: &[&str], env: &HubEnv) -> Result<ResolvedMode
             Err(HubError::NotAModel { path: path.to_path_buf() })
         };
     }
-    let Some(repo_folder) = repo_folder_name(spec) else {
+    // A `.gguf` name that is not a file is a mistyped path, never a repo id.
+    let gguf_path = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+    let Some(repo_folder) = repo_folder_name(spec).filter(|_| !gguf_path) else {
         return Err(HubError::NotFound { spec: spec.to_owned() });
     };
     let Some(cache) = &env.cache else {
@@ -624,7 +626,7 @@ mod tests {
     fn unknown_specs() {
         let dir = tempfile::tempdir().unwrap();
         let env = offline(dir.path());
-        for spec in ["", "model.gguf", "a/b/c", "/nonexistent/x", "../up/model", "org/"] {
+        for spec in ["", "model.gguf", "models/missing.gguf", "a/b/c", "/nonexistent/x", "../up/model", "org/"] {
             let err = resolve_with(spec, &[], &env).unwrap_err();
             assert!(matches!(err, HubError::NotFound { .. }), "{spec:?}: {err}");
         }
