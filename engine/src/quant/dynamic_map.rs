@@ -62,36 +62,56 @@ pub fn unsigned_map() -> &'static [f32; 256] {
 /// last probe and its bracketing neighbour by comparing `x` with their float32 midpoint. The
 /// bracket starts as [-1, 1] (signed) or [0, 1] (unsigned). NaN ends at index 0.
 pub fn quantize_2d(code: &[f32; 256], signed: bool, x: f32) -> u8 {
-    let mut pivot: usize = 127;
-    let mut upper_pivot: usize = 255;
-    let mut lower_pivot: usize = 0;
-    let mut lower = if signed { -1.0f32 } else { 0.0 };
-    let mut upper = 1.0f32;
-    let mut val = code[pivot];
+    closest(&probe(code, x, if signed { -1.0 } else { 0.0 }), x)
+}
+
+/// Where bitsandbytes' 7-step binary search over a sorted 256-entry map ends for `x`: the last
+/// probed index and value, and the indices and values of the bracket around it (the bracket
+/// starts as `[lower, 1]` at indices 0 and 255).
+pub(crate) struct Probe {
+    pub pivot: usize,
+    pub val: f32,
+    pub lower_pivot: usize,
+    pub lower: f32,
+    pub upper_pivot: usize,
+    pub upper: f32,
+}
+
+/// The binary search shared by `dQuantize` (NF4 double quantization) and `quantize_2D` (the
+/// 8-bit optimizer states).
+pub(crate) fn probe(code: &[f32; 256], x: f32, lower: f32) -> Probe {
+    let mut p = Probe { pivot: 127, val: code[127], lower_pivot: 0, lower, upper_pivot: 255, upper: 1.0 };
     let mut i = 64;
     while i > 0 {
-        if x > val {
-            lower_pivot = pivot;
-            lower = val;
-            pivot += i;
+        if x > p.val {
+            p.lower_pivot = p.pivot;
+            p.lower = p.val;
+            p.pivot += i;
         } else {
-            upper_pivot = pivot;
-            upper = val;
-            pivot -= i;
+            p.upper_pivot = p.pivot;
+            p.upper = p.val;
+            p.pivot -= i;
         }
-        val = code[pivot];
+        p.val = code[p.pivot];
         i >>= 1;
     }
-    let chosen = if x > val {
-        if x > (upper + val) * 0.5 {
-            upper_pivot
+    p
+}
+
+/// The last probe or its bracketing neighbour, by comparing `x` with their float32 midpoint
+/// `(a + b) * 0.5`: above the probe, `x > midpoint` picks the upper neighbour; below it,
+/// `x < midpoint` picks the lower one (a tie stays at the probe).
+pub(crate) fn closest(p: &Probe, x: f32) -> u8 {
+    let chosen = if x > p.val {
+        if x > (p.upper + p.val) * 0.5 {
+            p.upper_pivot
         } else {
-            pivot
+            p.pivot
         }
-    } else if x < (lower + val) * 0.5 {
-        lower_pivot
+    } else if x < (p.lower + p.val) * 0.5 {
+        p.lower_pivot
     } else {
-        pivot
+        p.pivot
     };
     chosen as u8
 }

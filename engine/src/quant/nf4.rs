@@ -178,48 +178,16 @@ pub fn dynamic_map() -> &'static [f32; 256] {
 /// with their float32 midpoint `(a + b) * 0.5`. Above the last probe, `x > midpoint` picks the
 /// upper neighbour (a tie stays); below it, `x < midpoint` picks the lower one (a tie stays).
 pub fn dynamic_index(code: &[f32; 256], x: f32) -> u8 {
-    let mut pivot: usize = 127;
-    let mut upper_pivot: usize = 255;
-    let mut lower_pivot: usize = 0;
-    let mut lower = -1.0f32;
-    let mut upper = 1.0f32;
-    let mut val = code[pivot];
-    let mut i = 64;
-    while i > 0 {
-        if x > val {
-            lower_pivot = pivot;
-            lower = val;
-            pivot += i;
-        } else {
-            upper_pivot = pivot;
-            upper = val;
-            pivot -= i;
-        }
-        val = code[pivot];
-        i >>= 1;
+    use super::dynamic_map::{closest, probe};
+    let mut p = probe(code, x, -1.0);
+    // dQuantize compares against the map's own end values where the bracket never moved.
+    if p.upper_pivot == 255 {
+        p.upper = code[255];
     }
-    if upper_pivot == 255 {
-        upper = code[upper_pivot];
+    if p.lower_pivot == 0 {
+        p.lower = code[0];
     }
-    if lower_pivot == 0 {
-        lower = code[lower_pivot];
-    }
-    let chosen = if x > val {
-        let midpoint = (upper + val) * 0.5;
-        if x > midpoint {
-            upper_pivot
-        } else {
-            pivot
-        }
-    } else {
-        let midpoint = (lower + val) * 0.5;
-        if x < midpoint {
-            lower_pivot
-        } else {
-            pivot
-        }
-    };
-    chosen as u8
+    closest(&p, x)
 }
 
 /// Largest |x| of a block, as bitsandbytes' `fmaxf` reduction (NaN is skipped).
