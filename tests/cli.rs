@@ -1,19 +1,9 @@
 //! The `ferrotune` binary end to end: doctor, generate on the real model, clear errors.
 
+mod common;
+
+use common::{ferrotune, text};
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn ferrotune(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ferrotune"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("run ferrotune")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 #[test]
 fn doctor_reports_cpu_and_gpu() {

@@ -11,10 +11,17 @@
 //! The Python parts are skipped (with the reason printed) without the .venv
 //! (scripts/setup-python.sh); the model must exist (scripts/fetch-smollm2.sh).
 
+mod common;
+#[path = "../gguf/tests/common/gguf_py.rs"]
+mod gguf_py;
+
+use common::{ferrotune, text, SMOLLM2 as MODEL};
+
 use engine::rng::Rng;
 use engine::{DType, Tensor};
 use gguf::mixes::FileType;
-use gguf::{Array, GgufFile, GgufWriter, TensorSpec, Value};
+use gguf::{GgufFile, GgufWriter, TensorSpec, Value};
+use gguf_py::{json_close, type_name, value_json};
 use model_llama::export_gguf::{export_gguf, export_lora_adapter_gguf};
 use model_llama::gguf_weights::GgufWeights;
 use model_llama::modelfile::{modelfile, ChatFormat};
@@ -24,19 +31,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use trainer::lora::LoraConfig;
 
-const MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 const STEM: &str = "SmolLM2-135M-Instruct";
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn ferrotune(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ferrotune")).args(args).current_dir(root()).output().expect("run ferrotune")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 fn require_model() {
@@ -224,51 +222,6 @@ fn export_with_adapter_end_to_end() {
 }
 
 // ---- round trip through gguf-py ----
-
-/// The GGUF type name gguf-py gives (`UINT32`, `ARRAY[STRING]`).
-fn type_name(v: &Value) -> String {
-    let scalar = gguf::ValueType::spec_name;
-    match v {
-        Value::Array(a) if a.is_empty() => "ARRAY[]".into(),
-        Value::Array(a) => format!("ARRAY[{}]", scalar(a.element_type())),
-        v => scalar(v.value_type()).to_string(),
-    }
-}
-
-fn value_json(v: &Value) -> Json {
-    match v {
-        Value::U8(x) => json!(x),
-        Value::I8(x) => json!(x),
-        Value::U16(x) => json!(x),
-        Value::I16(x) => json!(x),
-        Value::U32(x) => json!(x),
-        Value::I32(x) => json!(x),
-        Value::U64(x) => json!(x),
-        Value::I64(x) => json!(x),
-        Value::F32(x) => json!(*x as f64),
-        Value::F64(x) => json!(x),
-        Value::Bool(x) => json!(x),
-        Value::String(x) => json!(x),
-        Value::Array(Array::String(v)) => json!(v),
-        Value::Array(Array::I32(v)) => json!(v),
-        Value::Array(Array::U32(v)) => json!(v),
-        Value::Array(Array::F32(v)) => json!(v.iter().map(|&x| x as f64).collect::<Vec<_>>()),
-        Value::Array(a) => panic!("an export wrote an unexpected array type {:?}", a.element_type()),
-    }
-}
-
-/// Equal JSON, floats to the last bits (serde_json's float parsing is not always correctly
-/// rounded).
-fn json_close(a: &Json, b: &Json) -> bool {
-    match (a, b) {
-        (Json::Number(x), Json::Number(y)) if x.is_f64() || y.is_f64() => {
-            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
-            x == y || (x - y).abs() <= 4.0 * f64::EPSILON * x.abs()
-        }
-        (Json::Array(x), Json::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(x, y)| json_close(x, y)),
-        _ => a == b,
-    }
-}
 
 /// Reads `path` with gguf-py and checks it against our reader: version, alignment, data
 /// offset, every metadata key (type and value), every tensor's name, dims, type, offset and

@@ -2,22 +2,10 @@
 //! overriding it), its outputs (adapter, metrics, answers), the adapter applied by
 //! `generate --adapter`, and clear errors for bad settings.
 
+mod common;
+
+use common::{ferrotune, text, SMOLLM2 as MODEL};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-const MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
-
-fn ferrotune(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ferrotune"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("run ferrotune")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 /// A fresh folder under the system temp dir, removed when dropped.
 struct TempDir(PathBuf);

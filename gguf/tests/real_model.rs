@@ -5,8 +5,9 @@
 
 mod common;
 
+use common::gguf_py::{type_name, value_json};
 use common::{python, read_f32, repo_root, run_python};
-use gguf::{Array, GgmlType, GgufFile, Value};
+use gguf::{GgmlType, GgufFile};
 use serde_json::{json, Value as Json};
 use std::collections::HashMap;
 
@@ -22,51 +23,6 @@ fn open_model() -> Option<GgufFile> {
         return None;
     }
     Some(GgufFile::open(&path).unwrap())
-}
-
-/// The GGUF type name gguf-py prints ("UINT32", "ARRAY[STRING]").
-fn type_name(v: &Value) -> String {
-    let scalar = gguf::ValueType::spec_name;
-    match v {
-        Value::Array(a) => format!("ARRAY[{}]", scalar(a.element_type())),
-        v => scalar(v.value_type()).to_string(),
-    }
-}
-
-fn array_json(a: &Array) -> Json {
-    match a {
-        Array::U8(v) => json!(v),
-        Array::I8(v) => json!(v),
-        Array::U16(v) => json!(v),
-        Array::I16(v) => json!(v),
-        Array::U32(v) => json!(v),
-        Array::I32(v) => json!(v),
-        Array::U64(v) => json!(v),
-        Array::I64(v) => json!(v),
-        Array::F32(v) => json!(v.iter().map(|&x| x as f64).collect::<Vec<_>>()),
-        Array::F64(v) => json!(v),
-        Array::Bool(v) => json!(v),
-        Array::String(v) => json!(v),
-        Array::Array(v) => Json::Array(v.iter().map(array_json).collect()),
-    }
-}
-
-fn value_json(v: &Value) -> Json {
-    match v {
-        Value::U8(x) => json!(x),
-        Value::I8(x) => json!(x),
-        Value::U16(x) => json!(x),
-        Value::I16(x) => json!(x),
-        Value::U32(x) => json!(x),
-        Value::I32(x) => json!(x),
-        Value::U64(x) => json!(x),
-        Value::I64(x) => json!(x),
-        Value::F32(x) => json!(*x as f64),
-        Value::F64(x) => json!(x),
-        Value::Bool(x) => json!(x),
-        Value::String(x) => json!(x),
-        Value::Array(a) => array_json(a),
-    }
 }
 
 /// Facts about the file that do not need Python (DESIGN.md; gguf-dump prints the same).

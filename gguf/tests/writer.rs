@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::gguf_py::{json_close, type_name, value_json};
 use common::{python, read_f32, run_python, Rng};
 use engine::quant::ggml::{dequantize_to_vec, quantize};
 use gguf::{Array, GgmlType, GgufError, GgufFile, GgufWriter, TensorSpec, Value};
@@ -122,77 +123,6 @@ fn check_with_reader(
         assert_eq!(deq, dequantize_to_vec(s.ggml_type, &want, v.len()).unwrap(), "{}", s.name);
     }
     assert_eq!(std::fs::metadata(path).unwrap().len(), f.data_offset() + end, "the file ends with the last padding");
-}
-
-/// The GGUF type name gguf-py gives (`UINT32`, `ARRAY[STRING]`, `ARRAY[ARRAY,INT32]`).
-fn type_name(v: &Value) -> String {
-    use gguf::ValueType;
-    fn array(a: &Array) -> String {
-        match a {
-            // gguf-py names the nested element type from the first sub-array.
-            Array::Array(v) => match v.first() {
-                Some(inner) => format!("ARRAY,{}", array(inner)),
-                None => "ARRAY".into(),
-            },
-            a => a.element_type().spec_name().to_string(),
-        }
-    }
-    match v {
-        // gguf-py records no element type for an empty array (the file has one: checked by
-        // our reader above).
-        Value::Array(a) if a.is_empty() => "ARRAY[]".into(),
-        Value::Array(a) => format!("ARRAY[{}]", array(a)),
-        v => ValueType::spec_name(v.value_type()).to_string(),
-    }
-}
-
-fn array_json(a: &Array) -> Json {
-    match a {
-        Array::U8(v) => json!(v),
-        Array::I8(v) => json!(v),
-        Array::U16(v) => json!(v),
-        Array::I16(v) => json!(v),
-        Array::U32(v) => json!(v),
-        Array::I32(v) => json!(v),
-        Array::U64(v) => json!(v),
-        Array::I64(v) => json!(v),
-        Array::F32(v) => json!(v.iter().map(|&x| x as f64).collect::<Vec<_>>()),
-        Array::F64(v) => json!(v),
-        Array::Bool(v) => json!(v),
-        Array::String(v) => json!(v),
-        Array::Array(v) => Json::Array(v.iter().map(array_json).collect()),
-    }
-}
-
-fn value_json(v: &Value) -> Json {
-    match v {
-        Value::U8(x) => json!(x),
-        Value::I8(x) => json!(x),
-        Value::U16(x) => json!(x),
-        Value::I16(x) => json!(x),
-        Value::U32(x) => json!(x),
-        Value::I32(x) => json!(x),
-        Value::U64(x) => json!(x),
-        Value::I64(x) => json!(x),
-        Value::F32(x) => json!(*x as f64),
-        Value::F64(x) => json!(x),
-        Value::Bool(x) => json!(x),
-        Value::String(x) => json!(x),
-        Value::Array(a) => array_json(a),
-    }
-}
-
-/// JSON equality, except that floats may differ in the last bit (serde_json's float parsing
-/// is not correctly rounded for every decimal Python prints).
-fn json_close(a: &Json, b: &Json) -> bool {
-    match (a, b) {
-        (Json::Number(x), Json::Number(y)) if x.is_f64() || y.is_f64() => {
-            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
-            x == y || (x - y).abs() <= 4.0 * f64::EPSILON * x.abs()
-        }
-        (Json::Array(x), Json::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(x, y)| json_close(x, y)),
-        _ => a == b,
-    }
 }
 
 /// Checks the file with gguf-py: metadata (keys, types, values), tensor table and every
