@@ -71,9 +71,16 @@ pub fn device(ordinal: usize) -> Result<Arc<CudaDevice>> {
     Ok(d)
 }
 
-/// Turns a kernels-cuda or driver error into the engine's.
+/// Turns a kernels-cuda, cuBLAS or driver error into the engine's; every CUDA error enters
+/// the engine here, so an allocation failure becomes [`Error::OutOfMemory`] in one place
+/// (recognized by the names the driver and cuBLAS give it).
 pub(crate) fn err(context: &str, e: impl std::fmt::Display) -> Error {
-    Error::Msg(format!("{context}: {e}"))
+    let msg = format!("{context}: {e}");
+    if msg.contains("CUDA_ERROR_OUT_OF_MEMORY") || msg.contains("CUBLAS_STATUS_ALLOC_FAILED") {
+        Error::OutOfMemory(msg)
+    } else {
+        Error::Msg(msg)
+    }
 }
 
 /// Maps a driver result into the engine's, naming what was being done.
@@ -331,5 +338,19 @@ impl crate::Tensor {
         } else {
             Err(Error::Msg(format!("{what}: the tensor is a view of a larger buffer")))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Allocation failures become `OutOfMemory` whatever the layer that reports them.
+    #[test]
+    fn allocation_failures_are_out_of_memory() {
+        let oom = super::err("device allocation", "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")");
+        assert!(matches!(oom, crate::Error::OutOfMemory(_)), "{oom}");
+        let blas = super::err("cuBLAS gemm", "CUBLAS_STATUS_ALLOC_FAILED");
+        assert!(matches!(blas, crate::Error::OutOfMemory(_)), "{blas}");
+        let other = super::err("device allocation", "DriverError(CUDA_ERROR_INVALID_VALUE, \"invalid argument\")");
+        assert!(matches!(other, crate::Error::Msg(_)), "{other}");
     }
 }

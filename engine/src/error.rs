@@ -12,6 +12,9 @@ pub enum Error {
     DeviceMismatch { op: &'static str, a: Device, b: Device },
     #[error("CUDA device {ordinal} is not available: {reason}")]
     CudaUnavailable { ordinal: usize, reason: String },
+    /// The GPU ran out of memory (the driver's or cuBLAS's allocation failure).
+    #[error("out of GPU memory: {0}")]
+    OutOfMemory(String),
     #[error("{0}")]
     Msg(String),
 }

@@ -48,9 +48,9 @@ pub enum TrainError {
 }
 
 impl TrainError {
-    /// Whether this is the CUDA driver's (or cuBLAS's) out-of-memory error.
+    /// Whether this is the GPU's out-of-memory error.
     pub fn is_out_of_memory(&self) -> bool {
-        matches!(self, TrainError::Engine(e) if { let m = e.to_string(); m.contains("OUT_OF_MEMORY") || m.contains("ALLOC_FAILED") })
+        matches!(self, TrainError::Engine(engine::Error::OutOfMemory(_)))
     }
 
     pub fn io(path: &Path, source: std::io::Error) -> TrainError {
@@ -64,11 +64,11 @@ pub type Result<T> = std::result::Result<T, TrainError>;
 mod tests {
     use super::*;
 
-    /// The driver's out-of-memory error (as cudarc reports it through the engine) is
+    /// The engine's out-of-memory error (engine::cuda::err makes it from the driver's) is
     /// recognized, and the message built from it names the settings to lower.
     #[test]
     fn out_of_memory_is_recognized_and_explained() {
-        let driver = TrainError::Engine(engine::Error::Msg(
+        let driver = TrainError::Engine(engine::Error::OutOfMemory(
             "device allocation: DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")".into(),
         ));
         assert!(driver.is_out_of_memory());
