@@ -432,15 +432,22 @@ fn quant_q8_0(x: &[f32], y: &mut [u8]) {
 }
 
 /// `quantize_row_q4_0_ref`: d = (the value of largest magnitude) / -8,
+/// The smallest and largest value of a block, as ggml's reference loops find them (strict
+/// comparisons from `(f32::MAX, -f32::MAX)`: NaN is skipped).
+fn min_max(x: &[f32]) -> (f32, f32) {
+    x.iter()
+        .fold((f32::MAX, -f32::MAX), |(min, max), &v| (if v < min { v } else { min }, if v > max { v } else { max }))
+}
+
+/// The value of largest magnitude, with its sign (the first of equal magnitudes; 0 for an
+/// all-zero block), as ggml's `q4_0`/`q5_0` reference loops find it.
+fn largest_magnitude(x: &[f32]) -> f32 {
+    x.iter().fold((0f32, 0f32), |(amax, max), &v| if amax < v.abs() { (v.abs(), v) } else { (amax, max) }).1
+}
+
 /// q = min(15, trunc(x / d + 8.5)).
 fn quant_q4_0(x: &[f32], y: &mut [u8]) {
-    let (mut amax, mut max) = (0f32, 0f32);
-    for &v in x {
-        if amax < v.abs() {
-            amax = v.abs();
-            max = v;
-        }
-    }
+    let max = largest_magnitude(x);
     let d = max / -8.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     y[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
@@ -453,15 +460,7 @@ fn quant_q4_0(x: &[f32], y: &mut [u8]) {
 
 /// `quantize_row_q4_1_ref`: d = (max - min) / 15, m = min, q = min(15, trunc((x - m) / d + 0.5)).
 fn quant_q4_1(x: &[f32], y: &mut [u8]) {
-    let (mut min, mut max) = (f32::MAX, -f32::MAX);
-    for &v in x {
-        if v < min {
-            min = v;
-        }
-        if v > max {
-            max = v;
-        }
-    }
+    let (min, max) = min_max(x);
     let d = (max - min) / 15.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     y[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
@@ -476,13 +475,7 @@ fn quant_q4_1(x: &[f32], y: &mut [u8]) {
 /// `quantize_row_q5_0_ref`: d = (the value of largest magnitude) / -16,
 /// q = min(31, trunc(x / d + 16.5)); low nibbles as q4_0, fifth bits in `qh`.
 fn quant_q5_0(x: &[f32], y: &mut [u8]) {
-    let (mut amax, mut max) = (0f32, 0f32);
-    for &v in x {
-        if amax < v.abs() {
-            amax = v.abs();
-            max = v;
-        }
-    }
+    let max = largest_magnitude(x);
     let d = max / -16.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     y[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
@@ -499,15 +492,7 @@ fn quant_q5_0(x: &[f32], y: &mut [u8]) {
 
 /// `quantize_row_q5_1_ref`: d = (max - min) / 31, m = min, q = trunc((x - m) / d + 0.5).
 fn quant_q5_1(x: &[f32], y: &mut [u8]) {
-    let (mut min, mut max) = (f32::MAX, -f32::MAX);
-    for &v in x {
-        if v < min {
-            min = v;
-        }
-        if v > max {
-            max = v;
-        }
-    }
+    let (min, max) = min_max(x);
     let d = (max - min) / 31.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     y[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
