@@ -6,12 +6,12 @@
 
 mod common;
 
-use common::golden;
+use common::{adamw_settings, golden};
 use engine::Tensor;
 use model_llama::SafetensorsDir;
 use std::path::PathBuf;
 use trainer::named_parameters;
-use trainer::optim::{AdamWConfig, Moments, Optimizer, OptimizerKind};
+use trainer::optim::{Moments, Optimizer, OptimizerKind};
 use trainer::quant8::create_dynamic_map;
 
 fn reference() -> SafetensorsDir {
@@ -48,13 +48,7 @@ fn blockwise_update_follows_bitsandbytes() {
     let p0 = f32s(&st, "tensor.p0");
     let n = p0.len();
     let p = Tensor::from_vec(p0, &[n]).unwrap().into_var();
-    let cfg = AdamWConfig {
-        beta1: meta["betas"][0].as_f64().unwrap(),
-        beta2: meta["betas"][1].as_f64().unwrap(),
-        eps: meta["eps"].as_f64().unwrap(),
-        weight_decay: meta["weight_decay"].as_f64().unwrap(),
-    };
-    let lr = meta["lr"].as_f64().unwrap();
+    let (lr, cfg) = adamw_settings(&meta);
     let mut opt =
         Optimizer::new(OptimizerKind::AdamW8bit { min_8bit_size: 0 }, cfg, &[("p".into(), p.clone())]).unwrap();
     for s in 1..=meta["steps"].as_u64().unwrap() as usize {
@@ -107,13 +101,7 @@ fn golden_losses_follow_bitsandbytes() {
     let st = reference();
     for name in ["gqa_llama3", "tied"] {
         let g = golden(name);
-        let v: serde_json::Value = serde_json::from_str(&g.meta["adamw"]).unwrap();
-        let cfg = AdamWConfig {
-            beta1: v["betas"][0].as_f64().unwrap(),
-            beta2: v["betas"][1].as_f64().unwrap(),
-            eps: v["eps"].as_f64().unwrap(),
-            weight_decay: v["weight_decay"].as_f64().unwrap(),
-        };
+        let (lr, cfg) = g.adamw();
         let params = named_parameters(&g.model);
         let mut opt = Optimizer::new(OptimizerKind::AdamW8bit { min_8bit_size: 0 }, cfg, &params).unwrap();
         let want = f32s(&st, &format!("{name}.adamw8bit_losses"));
@@ -123,7 +111,7 @@ fn golden_losses_follow_bitsandbytes() {
             got.push(loss.to_scalar::<f32>().unwrap());
             let store = loss.backward().unwrap();
             let grads: Vec<_> = params.iter().map(|(_, p)| store.get(p).unwrap().clone()).collect();
-            opt.step(&grads, 1.0, v["lr"].as_f64().unwrap()).unwrap();
+            opt.step(&grads, 1.0, lr).unwrap();
         }
         println!("{name}: ferrotune {got:?}\n{name}: bnb       {want:?}");
         for (i, (a, b)) in got.iter().zip(&want).enumerate() {

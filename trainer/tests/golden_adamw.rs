@@ -5,23 +5,12 @@ mod common;
 
 use common::{golden, Golden};
 use trainer::data::Dataset;
-use trainer::optim::{AdamWConfig, Optimizer, OptimizerKind};
+use trainer::optim::{Optimizer, OptimizerKind};
 use trainer::{named_parameters, ScheduleKind, TrainConfig, Trainer};
-
-fn settings(g: &Golden) -> (f64, AdamWConfig) {
-    let v: serde_json::Value = serde_json::from_str(&g.meta["adamw"]).unwrap();
-    let cfg = AdamWConfig {
-        beta1: v["betas"][0].as_f64().unwrap(),
-        beta2: v["betas"][1].as_f64().unwrap(),
-        eps: v["eps"].as_f64().unwrap(),
-        weight_decay: v["weight_decay"].as_f64().unwrap(),
-    };
-    (v["lr"].as_f64().unwrap(), cfg)
-}
 
 /// Losses before each of `n` steps of `kind` on the fixture's batch.
 fn run(g: &Golden, kind: OptimizerKind, n: usize) -> Vec<f32> {
-    let (lr, cfg) = settings(g);
+    let (lr, cfg) = g.adamw();
     let params = named_parameters(&g.model);
     let mut opt = Optimizer::new(kind, cfg, &params).unwrap();
     let mut losses = Vec::new();
@@ -63,7 +52,7 @@ fn adamw_matches_pytorch_tied() {
 fn trainer_reproduces_pytorch_adamw() {
     for name in ["gqa_llama3", "tied"] {
         let g = golden(name);
-        let (lr, adamw) = settings(&g);
+        let (lr, adamw) = g.adamw();
         let data = Dataset::from_examples(g.examples(), "golden batch").unwrap();
         let cfg = TrainConfig {
             batch_size: 2,
@@ -100,7 +89,7 @@ fn trainer_reproduces_pytorch_adamw() {
 fn adamw8bit_small_tensors_use_32bit_rule() {
     let kind = OptimizerKind::AdamW8bit { min_8bit_size: 4096 };
     let no_decay = |g: &mut Golden| {
-        let (lr, mut cfg) = settings(g);
+        let (lr, mut cfg) = g.adamw();
         cfg.weight_decay = 0.0;
         g.meta.insert(
             "adamw".into(),

@@ -23,6 +23,10 @@ pub struct Golden {
 }
 
 impl Golden {
+    /// The fixture's AdamW settings (see [`adamw_settings`]).
+    pub fn adamw(&self) -> (f64, trainer::AdamWConfig) {
+        adamw_settings(&serde_json::from_str(&self.meta["adamw"]).unwrap())
+    }
     pub fn reference(&self, name: &str) -> Vec<f32> {
         self.st.get(name).unwrap().to_vec_f32().unwrap()
     }
@@ -35,6 +39,18 @@ impl Golden {
             .map(|r| Example { ids: ids[r * t..(r + 1) * t].to_vec(), labels: labels[r * t..(r + 1) * t].to_vec() })
             .collect()
     }
+}
+
+/// `(lr, AdamWConfig)` from the settings the fixture scripts record:
+/// `{"lr": .., "betas": [b1, b2], "eps": .., "weight_decay": ..}`.
+pub fn adamw_settings(v: &serde_json::Value) -> (f64, trainer::AdamWConfig) {
+    let cfg = trainer::AdamWConfig {
+        beta1: v["betas"][0].as_f64().unwrap(),
+        beta2: v["betas"][1].as_f64().unwrap(),
+        eps: v["eps"].as_f64().unwrap(),
+        weight_decay: v["weight_decay"].as_f64().unwrap(),
+    };
+    (v["lr"].as_f64().unwrap(), cfg)
 }
 
 /// The base model of fixture `name` without adapters.
