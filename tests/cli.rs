@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{ferrotune, text};
+use common::{ferrotune, text, SMOLLM2};
 use std::path::Path;
 
 #[test]
@@ -18,7 +18,7 @@ fn doctor_reports_cpu_and_gpu() {
 
 #[test]
 fn generate_answers_with_the_chat_template() {
-    let model = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+    let model = SMOLLM2;
     assert!(
         Path::new(env!("CARGO_MANIFEST_DIR")).join(model).exists(),
         "{model} missing: run scripts/fetch-smollm2.sh (.ci/run does)"
@@ -42,7 +42,7 @@ fn generate_answers_with_the_chat_template() {
 
 #[test]
 fn stop_string_ends_the_output() {
-    let model = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+    let model = SMOLLM2;
     let out = ferrotune(&[
         "generate",
         "--model",

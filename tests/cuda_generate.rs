@@ -25,7 +25,7 @@
 use engine::rng::Rng;
 use engine::{ops, DType, Device, Tensor};
 use model_llama::generate::{generate, Sampler, SamplingParams};
-use model_llama::{load_model, Llama, PROJECTIONS};
+use model_llama::{load_model, Llama, LlamaConfig, PROJECTIONS};
 use safetensors::tensor::TensorView;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -69,27 +69,17 @@ fn write_model() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("ferrotune-cuda-generate-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let (h, i, q, kv) = (256, 688, 256, 128);
-    let mut shapes: Vec<(String, Vec<usize>, f64, f32)> = vec![
-        ("model.embed_tokens.weight".into(), vec![VOCAB, h], 0.1, 0.0),
-        ("model.norm.weight".into(), vec![h], 0.05, 1.0),
-    ];
-    for l in 0..LAYERS {
-        let p = format!("model.layers.{l}");
-        shapes.push((format!("{p}.input_layernorm.weight"), vec![h], 0.05, 1.0));
-        shapes.push((format!("{p}.post_attention_layernorm.weight"), vec![h], 0.05, 1.0));
-        for (name, shape) in [
-            ("self_attn.q_proj", [q, h]),
-            ("self_attn.k_proj", [kv, h]),
-            ("self_attn.v_proj", [kv, h]),
-            ("self_attn.o_proj", [h, q]),
-            ("mlp.gate_proj", [i, h]),
-            ("mlp.up_proj", [i, h]),
-            ("mlp.down_proj", [h, i]),
-        ] {
-            shapes.push((format!("{p}.{name}.weight"), shape.to_vec(), 0.05, 0.0));
-        }
-    }
+    // (name, shape, std, mean): embeddings std 0.1, norms around 1, the rest std 0.05.
+    let config = LlamaConfig::from_json(&config_json()).unwrap();
+    let shapes: Vec<(String, Vec<usize>, f64, f32)> = config
+        .weight_shapes()
+        .into_iter()
+        .map(|(name, shape)| match name.as_str() {
+            "model.embed_tokens.weight" => (name, shape, 0.1, 0.0),
+            n if n.ends_with("norm.weight") => (name, shape, 0.05, 1.0),
+            _ => (name, shape, 0.05, 0.0),
+        })
+        .collect();
     let mut rng = Rng::new(11);
     let bytes: Vec<Vec<u8>> = shapes
         .iter()

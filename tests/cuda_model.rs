@@ -38,29 +38,11 @@ fn model() -> Llama {
     let c = config();
     let mut rng = Rng::new(11);
     let mut w = HashMap::new();
-    let mut put = |name: String, shape: &[usize], norm: bool| {
-        let n = shape.iter().product();
-        let v: Vec<f32> = rng.normal_vec(n, 0.05).into_iter().map(|x| if norm { 1.0 + x } else { x }).collect();
-        w.insert(name, Tensor::from_vec(v, shape).unwrap());
-    };
-    let (h, i, q, kv) = (c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim());
-    put("model.embed_tokens.weight".into(), &[c.vocab_size, h], false);
-    put("model.norm.weight".into(), &[h], true);
-    for l in 0..LAYERS {
-        let p = format!("model.layers.{l}");
-        put(format!("{p}.input_layernorm.weight"), &[h], true);
-        put(format!("{p}.post_attention_layernorm.weight"), &[h], true);
-        for (name, shape) in [
-            ("self_attn.q_proj", [q, h]),
-            ("self_attn.k_proj", [kv, h]),
-            ("self_attn.v_proj", [kv, h]),
-            ("self_attn.o_proj", [h, q]),
-            ("mlp.gate_proj", [i, h]),
-            ("mlp.up_proj", [i, h]),
-            ("mlp.down_proj", [h, i]),
-        ] {
-            put(format!("{p}.{name}.weight"), &shape, false);
-        }
+    for (name, shape) in c.weight_shapes() {
+        let norm = name.ends_with("norm.weight");
+        let v: Vec<f32> =
+            rng.normal_vec(shape.iter().product(), 0.05).into_iter().map(|x| if norm { 1.0 + x } else { x }).collect();
+        w.insert(name, Tensor::from_vec(v, &shape).unwrap());
     }
     Llama::load(c, &Random(w), DType::F32).unwrap()
 }

@@ -163,6 +163,36 @@ impl LlamaConfig {
     pub fn q_dim(&self) -> usize {
         self.num_attention_heads * self.head_dim
     }
+
+    /// Every weight the model reads, by Hugging Face name, with the shape this configuration
+    /// implies, in load order: embeddings, final norm, then per layer its two norms and the
+    /// seven projections (in [`crate::PROJECTIONS`] order), and `lm_head.weight` last when the
+    /// embeddings are not tied.
+    pub fn weight_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        let (h, i, q, kv, v) = (self.hidden_size, self.intermediate_size, self.q_dim(), self.kv_dim(), self.vocab_size);
+        let mut out =
+            vec![("model.embed_tokens.weight".to_string(), vec![v, h]), ("model.norm.weight".into(), vec![h])];
+        for l in 0..self.num_hidden_layers {
+            let p = format!("model.layers.{l}");
+            out.push((format!("{p}.input_layernorm.weight"), vec![h]));
+            out.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
+            for (name, shape) in [
+                ("self_attn.q_proj", [q, h]),
+                ("self_attn.k_proj", [kv, h]),
+                ("self_attn.v_proj", [kv, h]),
+                ("self_attn.o_proj", [h, q]),
+                ("mlp.gate_proj", [i, h]),
+                ("mlp.up_proj", [i, h]),
+                ("mlp.down_proj", [h, i]),
+            ] {
+                out.push((format!("{p}.{name}.weight"), shape.to_vec()));
+            }
+        }
+        if !self.tie_word_embeddings {
+            out.push(("lm_head.weight".into(), vec![v, h]));
+        }
+        out
+    }
 }
 
 fn parse_scaling(v: &serde_json::Value) -> Result<Option<Llama3Scaling>> {

@@ -8,6 +8,7 @@ use engine::{DType, Device, Tensor};
 use half::bf16;
 use model_llama::{Checkpointing, Llama, LlamaConfig, WeightSource, PROJECTIONS};
 use rayon::prelude::*;
+use std::collections::HashMap;
 use std::time::Instant;
 
 #[derive(clap::Args)]
@@ -35,26 +36,16 @@ pub struct Args {
 }
 
 /// Random bf16 weights, generated on demand from the tensor's name (normal(0, 0.02) as the
-/// baseline kit's `create` step; norms 1).
-struct RandomWeights(LlamaConfig);
+/// baseline kit's `create` step; norms 1), in the shapes the config implies.
+struct RandomWeights(HashMap<String, Vec<usize>>);
 
 impl WeightSource for RandomWeights {
     fn get(&self, name: &str) -> model_llama::Result<Tensor> {
-        let c = &self.0;
-        let (h, i, q, kv, v) = (c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim(), c.vocab_size);
-        let shape: Vec<usize> = match name.rsplit('.').nth(1).unwrap_or_default() {
-            "embed_tokens" | "lm_head" => vec![v, h],
-            "norm" | "input_layernorm" | "post_attention_layernorm" => vec![h],
-            "q_proj" => vec![q, h],
-            "k_proj" | "v_proj" => vec![kv, h],
-            "o_proj" => vec![h, q],
-            "gate_proj" | "up_proj" => vec![i, h],
-            "down_proj" => vec![h, i],
-            other => return Err(model_llama::LoadError::Invalid(format!("no random weight for {other}"))),
-        };
+        let shape =
+            self.0.get(name).ok_or_else(|| model_llama::LoadError::Invalid(format!("no random weight for {name}")))?;
         let n: usize = shape.iter().product();
         if shape.len() == 1 {
-            return Ok(Tensor::from_vec(vec![bf16::ONE; n], &shape)?);
+            return Ok(Tensor::from_vec(vec![bf16::ONE; n], shape)?);
         }
         let seed = name.bytes().fold(3407u64, |s, b| s.wrapping_mul(31).wrapping_add(b as u64));
         let mut data = vec![bf16::ZERO; n];
@@ -62,10 +53,10 @@ impl WeightSource for RandomWeights {
             let mut rng = Rng::new(seed ^ (k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
             chunk.iter_mut().for_each(|x| *x = bf16::from_f64(rng.normal() * 0.02));
         });
-        Ok(Tensor::from_vec(data, &shape)?)
+        Ok(Tensor::from_vec(data, shape)?)
     }
     fn contains(&self, name: &str) -> bool {
-        name == "lm_head.weight" && !self.0.tie_word_embeddings
+        self.0.contains_key(name)
     }
 }
 
@@ -79,7 +70,8 @@ pub fn run(args: Args) -> Result<()> {
         config.num_hidden_layers = n;
     }
     let t0 = Instant::now();
-    let mut model = Llama::load(config.clone(), &RandomWeights(config.clone()), DType::BF16)?;
+    let mut model =
+        Llama::load(config.clone(), &RandomWeights(config.weight_shapes().into_iter().collect()), DType::BF16)?;
     for i in 0..model.layers.len() {
         let layer = model.layer_mut(i).context("model shared")?;
         for p in PROJECTIONS {
