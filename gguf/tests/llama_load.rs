@@ -10,7 +10,7 @@ use common::{python, repo_root, run_python};
 use gguf::mixes::{tensor_type, FileType, ModelInfo, QUANTIZATION_VERSION};
 use gguf::{GgufFile, GgufWriter, TensorSpec, Value};
 use serde_json::Value as Json;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 const MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 const PROMPT: &str = "The capital of France is";
@@ -49,18 +49,23 @@ fn smoke(py: &Path, model: &Path) -> Json {
     v["results"][0].clone()
 }
 
-#[test]
-fn llama_cpp_loads_and_runs_what_we_write() {
+/// The Python environment and the source model, or `None` (saying which is missing).
+fn python_and_model() -> Option<(PathBuf, GgufFile)> {
     let src_path = repo_root().join(MODEL);
     let Some(py) = python() else {
         eprintln!("SKIPPED: .venv missing (scripts/setup-python.sh)");
-        return;
+        return None;
     };
     if !src_path.exists() {
         eprintln!("SKIPPED: {} not found (scripts/fetch-smollm2.sh)", src_path.display());
-        return;
+        return None;
     }
-    let src = GgufFile::open(&src_path).unwrap();
+    Some((py, GgufFile::open(&src_path).unwrap()))
+}
+
+#[test]
+fn llama_cpp_loads_and_runs_what_we_write() {
+    let Some((py, src)) = python_and_model() else { return };
     let dir = tempfile::tempdir().unwrap();
     let mut failures = vec![];
     for ft in FileType::all().filter(|&ft| ft != FileType::F32) {
@@ -100,16 +105,7 @@ fn llama_cpp_loads_and_runs_what_we_write() {
 /// and our reader accept them), so model files must not carry them.
 #[test]
 fn llama_cpp_refuses_nested_arrays() {
-    let src_path = repo_root().join(MODEL);
-    let Some(py) = python() else {
-        eprintln!("SKIPPED: .venv missing (scripts/setup-python.sh)");
-        return;
-    };
-    if !src_path.exists() {
-        eprintln!("SKIPPED: {} not found (scripts/fetch-smollm2.sh)", src_path.display());
-        return;
-    }
-    let src = GgufFile::open(&src_path).unwrap();
+    let Some((py, src)) = python_and_model() else { return };
     let dir = tempfile::tempdir().unwrap();
     let write = |name: &str, extra: Option<Value>| {
         let path = dir.path().join(name);

@@ -48,18 +48,7 @@ const TOKEN_UNUSED: i32 = 5;
 /// GGUF row `h*d + 2i + s` (head `h`, pair `i`, half `s`). Inverse of
 /// [`crate::gguf_weights::unpermute_rows`].
 pub fn permute_rows(w: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
-    let d = rows / heads;
-    let mut out = vec![0.0; w.len()];
-    for h in 0..heads {
-        for i in 0..d / 2 {
-            for s in 0..2 {
-                let dst = (h * d + 2 * i + s) * cols;
-                let src = (h * d + s * d / 2 + i) * cols;
-                out[dst..dst + cols].copy_from_slice(&w[src..src + cols]);
-            }
-        }
-    }
-    out
+    crate::gguf_weights::reorder_rows(w, rows, cols, heads, true)
 }
 
 /// The base weight of `lin` as f32 values `[out, in]` (NF4 dequantized).

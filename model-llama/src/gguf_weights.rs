@@ -102,13 +102,19 @@ fn gguf_name(hf: &str, heads: usize, kv_heads: usize) -> Option<(String, Option<
 /// Inverse of llama.cpp's `permute`: GGUF row `h*d + 2i + s` holds Hugging Face row
 /// `h*d + s*d/2 + i` (for head `h`, pair `i`, half `s`).
 pub fn unpermute_rows(w: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
+    reorder_rows(w, rows, cols, heads, false)
+}
+
+/// Moves the rows of a Q or K weight between the Hugging Face order (row `h*d + s*d/2 + i`)
+/// and llama.cpp's interleaved one (row `h*d + 2i + s`): towards llama.cpp with `to_gguf`.
+pub(crate) fn reorder_rows(w: &[f32], rows: usize, cols: usize, heads: usize, to_gguf: bool) -> Vec<f32> {
     let d = rows / heads;
     let mut out = vec![0.0; w.len()];
     for h in 0..heads {
         for i in 0..d / 2 {
             for s in 0..2 {
-                let src = (h * d + 2 * i + s) * cols;
-                let dst = (h * d + s * d / 2 + i) * cols;
+                let (hf, gguf) = ((h * d + s * d / 2 + i) * cols, (h * d + 2 * i + s) * cols);
+                let (src, dst) = if to_gguf { (hf, gguf) } else { (gguf, hf) };
                 out[dst..dst + cols].copy_from_slice(&w[src..src + cols]);
             }
         }
