@@ -16,9 +16,11 @@
 //
 // bf16 (tensor cores): `mma.sync.m16n8k16` bf16 x bf16 -> f32 for q k^T, P v and the four
 // backward products; online softmax and every accumulator in f32; head_dim 64 or 128 (one kernel
-// each). Forward: a block of 4 warps takes 64 query rows (16 per warp, q fragments held in
-// registers) and walks 64-key tiles of k and v (v stored transposed in shared memory), stopping at
-// the causal diagonal. Backward (FlashAttention-2): a pre-kernel computes Delta and zeroes an f32
+// each). Forward (FlashAttention-2 style, see `attn_fwd_mma`): a block of 4 warps takes 128 query
+// rows (32 per warp) and walks tiles of k and v (64 keys for d = 64, 32 for d = 128) through a
+// 3-stage cp.async pipeline, fragments by ldmatrix (v row-major, read with ldmatrix.trans),
+// masking only the tiles that cross the causal diagonal or the key_lens limit, and stopping at the
+// diagonal. Backward (FlashAttention-2): a pre-kernel computes Delta and zeroes an f32
 // dQ accumulator; the main kernel takes 64 keys of one kv head (16 per warp), keeps their dK and
 // dV in registers, and walks every query head of the group and every query tile that can see those
 // keys; dQ is added to the f32 accumulator with atomicAdd, and a post-kernel rounds it to bf16.
@@ -107,14 +109,119 @@ __device__ __forceinline__ void load_tile(bf16 *rm, bf16 *tr, const bf16 *src, i
 // ---------------------------------------------------------------------------------------------
 // bf16 forward (tensor cores)
 
+// Shared memory of the forward for head_dim D (offsets in bf16 elements): the block's BM query
+// rows, then STAGES buffers of a BN-key tile of k and STAGES of v (a cp.async pipeline: tiles
+// i + 1 .. i + STAGES - 1 are in flight while tile i is used), all row-major with row stride
+// D + 8. The 16-byte pad puts the 8 rows that one ldmatrix phase (or one quarter-warp of 16-byte
+// cp.async writes) touches in 8 different groups of 4 banks: no bank conflicts.
+template <int D> struct FwdSmem {
+    static constexpr int BM = 128;                // query rows per block
+    static constexpr int BN = D == 128 ? 32 : 64; // keys per tile (32 keeps d = 128 unspilled)
+    static constexpr int STAGES = 3;              // k / v tile buffers
+    static constexpr int MT = BM / (16 * WARPS);  // 16-row mma tiles per warp (2: 32 rows a warp)
+    static constexpr int RS = D + 8;              // row stride
+    static constexpr int Q = 0;                   // [BM][RS]
+    static constexpr int K = Q + BM * RS;         // [STAGES][BN][RS]
+    static constexpr int V = K + STAGES * BN * RS; // [STAGES][BN][RS]
+    static constexpr int END = V + STAGES * BN * RS; // x 2 bytes: 73728 (d = 64), 87040 (d = 128)
+};
+
+// The shared-space address of a generic pointer into shared memory.
+__device__ __forceinline__ u32 smem_addr(const void *p) {
+    return static_cast<u32>(__cvta_generic_to_shared(p));
+}
+
+// 16 bytes global -> shared without going through registers (cp.async, sm_80+). With `valid`
+// false nothing is read and the 16 bytes are zero-filled.
+__device__ __forceinline__ void cp_async16(u32 dst, const void *src, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
+                 "r"(valid ? 16 : 0)
+                 : "memory");
+}
+
+// Closes this thread's current group of cp.async (an empty group is fine).
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+
+// Waits until at most N of this thread's groups are still in flight (other threads' copies need a
+// __syncthreads after it to be visible).
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+// ldmatrix x4: lane l gives the address of row l % 8 (16 contiguous bytes) of 8x8 matrix l / 8;
+// register j gets matrix j's elements [lane / 4][2 (lane % 4) .. +1] (`.trans`: the transposed
+// matrix, i.e. elements [2 (lane % 4) .. +1][lane / 4]), low element in the low half.
+__device__ __forceinline__ void ldsm_x4(u32 (&r)[4], u32 addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
+__device__ __forceinline__ void ldsm_x4_trans(u32 (&r)[4], u32 addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
+// 2^x by the hardware approximation (ex2.approx.ftz: 2 ulp, results below 2^-126 flush to 0,
+// 2^-inf = 0): plain exp2f adds a denormal-range fix-up of three instructions per call.
+__device__ __forceinline__ float fast_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
+// Starts copying ROWS rows of D bf16 (row r at src + r * D; rows >= valid, valid >= 1, are
+// zero-filled and not read) into the row-major shared tile at `dst` (stride D + 8). Consecutive
+// threads take consecutive 16-byte chunks of a row, so each warp reads whole rows. A full tile
+// (the common case) needs one pointer and immediate offsets; a partial one clamps the rows it
+// does not read to valid - 1 so that every address stays inside the tensor.
+template <int D, int ROWS>
+__device__ __forceinline__ void load_tile_async(u32 dst, const bf16 *src, int valid) {
+    constexpr int CH = D / 8;           // 16-byte chunks per row
+    constexpr int RSTEP = THREADS / CH; // rows between one thread's chunks
+    static_assert(THREADS % CH == 0 && ROWS % RSTEP == 0, "tile not a whole number of chunks per thread");
+    const int r0 = threadIdx.x / CH, c = (threadIdx.x % CH) * 8;
+    dst += (u32)(r0 * (D + 8) + c) * 2u;
+    if (valid >= ROWS) {
+        const bf16 *p = src + r0 * D + c;
+#pragma unroll
+        for (int j = 0; j < ROWS / RSTEP; ++j)
+            cp_async16(dst + (u32)(j * RSTEP * (D + 8) * 2), p + j * RSTEP * D, true);
+    } else {
+#pragma unroll
+        for (int j = 0; j < ROWS / RSTEP; ++j) {
+            const int r = r0 + j * RSTEP;
+            cp_async16(dst + (u32)(j * RSTEP * (D + 8) * 2), src + min(r, valid - 1) * D + c, r < valid);
+        }
+    }
+}
+
+// A block of 4 warps takes BM = 128 query rows of one (batch, head), 32 per warp (two 16-row mma
+// tiles, so every k / v fragment read from shared memory feeds two mma), and walks BN-key tiles of
+// k and v up to the last key its last row sees, through a STAGES-deep cp.async pipeline (one
+// __syncthreads per tile). Per tile and warp: S = q k^T (q fragments held in registers for
+// d = 64, re-read from shared memory with ldmatrix for d = 128 to leave registers to the 32 x 128
+// f32 output accumulator; k fragments by ldmatrix), the mask only where the tile holds a key the
+// warp's first row does not see (the tiles crossing the causal diagonal or the key_lens limit),
+// online softmax in f32 (log2 units; o rescaled only when some row maximum of the warp moved),
+// then o += P v with P packed to bf16 in registers and v fragments by ldmatrix.trans from the
+// row-major v tile. A warp skips the tiles none of its rows sees (it still copies and syncs).
 template <int D>
 __device__ void attn_fwd_mma(const bf16 *__restrict__ q, const bf16 *__restrict__ k,
                              const bf16 *__restrict__ v, const int *__restrict__ key_lens,
                              bf16 *__restrict__ o, float *__restrict__ lse, int hq, int hkv, int t,
                              int s, float scale) {
-    constexpr int BM = 64, BN = 64, KS = D + 8, VS = BN + 8;
-    __shared__ __align__(16) bf16 Ks[BN * KS];
-    __shared__ __align__(16) bf16 Vt[D * VS];
+    typedef FwdSmem<D> L;
+    constexpr int BM = L::BM, BN = L::BN, MT = L::MT, RS = L::RS, STAGES = L::STAGES;
+    constexpr int WR = 16 * MT;              // query rows per warp
+    constexpr bool QREG = D <= 64;           // q fragments held in registers
+    constexpr u32 TILE_BYTES = 2u * BN * RS; // one k or v buffer
+    static_assert(2 * L::END <= 113 * 1024, "two blocks must fit one multiprocessor's shared memory");
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    const u32 sq = smem_addr(smem_raw) + 2u * L::Q;
+    const u32 sk = smem_addr(smem_raw) + 2u * L::K;
+    const u32 sv = smem_addr(smem_raw) + 2u * L::V;
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c4 = lane & 3;
     const int bi = blockIdx.z, h = blockIdx.y;
@@ -122,132 +229,238 @@ __device__ void attn_fwd_mma(const bf16 *__restrict__ q, const bf16 *__restrict_
     const int m0 = (gridDim.x - 1 - blockIdx.x) * BM;
     const int kvh = h / (hq / hkv);
     const u64 qoff = (u64)(bi * hq + h) * t * D;
-    const u64 kvoff = (u64)(bi * hkv + kvh) * s * D;
+    const bf16 *kp = k + (u64)(bi * hkv + kvh) * s * D;
+    const bf16 *vp = v + (u64)(bi * hkv + kvh) * s * D;
     const int offset = s - t;
     const int kv_len = key_limit(key_lens, bi, s);
-    const int r0 = m0 + warp * 16 + g, r1 = r0 + 8;
     const float sl2 = scale * LOG2E;
 
-    // This warp's 16 query rows as A fragments, all of D.
-    u32 qf[D / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-        const int col = kk * 16 + 2 * c4;
-        qf[kk][0] = r0 < t ? ld32(q + qoff + (u64)r0 * D + col) : 0u;
-        qf[kk][1] = r1 < t ? ld32(q + qoff + (u64)r1 * D + col) : 0u;
-        qf[kk][2] = r0 < t ? ld32(q + qoff + (u64)r0 * D + col + 8) : 0u;
-        qf[kk][3] = r1 < t ? ld32(q + qoff + (u64)r1 * D + col + 8) : 0u;
-    }
-
-    float oacc[D / 8][4];
-#pragma unroll
-    for (int nt = 0; nt < D / 8; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) oacc[nt][e] = 0.0f;
-    // Running max (in units of log2, already scaled) and per-thread partial sums of rows r0, r1.
-    float mrow[2] = {NEG_INF, NEG_INF};
-    float lrow[2] = {0.0f, 0.0f};
-
-    // Keys [0, n_end) may be visible to some row of this block.
+    // Keys [0, n_end) may be visible to some row of this block (n_end >= 0).
     const int last_row = min(m0 + BM, t) - 1;
     const int n_end = min(last_row + offset + 1, kv_len);
-    for (int n0 = 0; n0 < n_end; n0 += BN) {
-        __syncthreads(); // the previous tile is no longer read
-        load_tile<D>(Ks, nullptr, k + kvoff + (u64)n0 * D, BN, n_end - n0);
-        load_tile<D>(nullptr, Vt, v + kvoff + (u64)n0 * D, BN, n_end - n0);
-        __syncthreads();
+    const int ntiles = (n_end + BN - 1) / BN;
+    // This warp's rows wr0 .. wr0 + WR - 1: keys [0, w_all) are visible to all of them (to the
+    // first, hence to every later row), keys [0, w_end) to at least one row < t (0 if none).
+    const int wr0 = m0 + warp * WR;
+    const int w_all = min(wr0 + offset + 1, kv_len);
+    const int w_end = wr0 < t ? min(min(wr0 + WR, t) + offset, kv_len) : 0;
 
-        float sacc[BN / 8][4];
+    // Per-lane byte offsets of the ldmatrix row addresses inside a tile:
+    // - the A fragment of a 16x16 row-major tile (q), and the trans B fragments of two n8 tiles
+    //   of v (rows = keys, the reduction index): lane l reads row l % 16, columns 8 (l / 16) ..
+    //   +7. Matrices 0..3 are (rows 0-7, cols 0-7), (8-15, 0-7), (0-7, 8-15), (8-15, 8-15): for
+    //   q a[0..3]; for v b0, b1 of the n8 tile of columns 0-7, then b0, b1 of columns 8-15.
+    // - the B fragments of two n8 tiles of k (rows = keys = n, columns = the reduction index):
+    //   lane l reads row 8 ((l / 16) % 2) + l % 8, columns 8 ((l / 8) % 2) .. +7. Matrices are
+    //   (keys 0-7, cols 0-7) = b0, (keys 0-7, cols 8-15) = b1 of the n8 tile of keys 0-7, then the
+    //   same for keys 8-15.
+    const u32 a_off = (u32)(((lane & 15) * RS + (lane >> 4) * 8) * 2);
+    const u32 b_off = (u32)(((((lane >> 4) & 1) * 8 + (lane & 7)) * RS + ((lane >> 3) & 1) * 8) * 2);
+    const u32 sqw = sq + (u32)(warp * WR * RS * 2) + a_off; // this warp's q rows
+
+    // Prologue: q with tile 0, then tiles 1 .. STAGES - 2, one commit group each (empty groups
+    // past the last tile keep the count uniform for cp_async_wait).
+    if (ntiles > 0) load_tile_async<D, BM>(sq, q + qoff + (u64)m0 * D, t - m0);
 #pragma unroll
-        for (int nt = 0; nt < BN / 8; ++nt)
+    for (int st = 0; st < STAGES - 1; ++st) {
+        if (st < ntiles) {
+            load_tile_async<D, BN>(sk + st * TILE_BYTES, kp + (u64)st * BN * D, n_end - st * BN);
+            load_tile_async<D, BN>(sv + st * TILE_BYTES, vp + (u64)st * BN * D, n_end - st * BN);
+        }
+        cp_async_commit();
+    }
+
+    u32 qf[QREG ? MT : 1][QREG ? D / 16 : 1][4];
+    float oacc[MT][D / 8][4];
 #pragma unroll
-            for (int e = 0; e < 4; ++e) sacc[nt][e] = 0.0f;
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < D / 8; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) oacc[mt][nt][e] = 0.0f;
+    // Running max (log2 units, scaled) and per-thread partial sums of rows
+    // wr0 + 16 mt + 8 hf + g, index 2 mt + hf.
+    float mrow[2 * MT], lrow[2 * MT];
+#pragma unroll
+    for (int i = 0; i < 2 * MT; ++i) {
+        mrow[i] = NEG_INF;
+        lrow[i] = 0.0f;
+    }
+
+    int stage = 0; // the buffer of tile `it`: it % STAGES
+    for (int it = 0; it < ntiles; ++it) {
+        const int n0 = it * BN;
+        const u32 kb = sk + (u32)stage * TILE_BYTES, vb = sv + (u32)stage * TILE_BYTES;
+        // Groups committed so far: STAGES - 1 + it, the one of tile `it` the (it + 1)-th.
+        cp_async_wait<STAGES - 2>();
+        // Tile `it` (and q) is now visible to every warp, and every warp is done with tile it - 1,
+        // whose buffer the copy of tile it + STAGES - 1 overwrites.
+        __syncthreads();
+        {
+            const int nx = it + STAGES - 1;
+            const u32 xb = (u32)(stage == 0 ? STAGES - 1 : stage - 1) * TILE_BYTES;
+            if (nx < ntiles) {
+                load_tile_async<D, BN>(sk + xb, kp + (u64)nx * BN * D, n_end - nx * BN);
+                load_tile_async<D, BN>(sv + xb, vp + (u64)nx * BN * D, n_end - nx * BN);
+            }
+            cp_async_commit();
+        }
+        stage = stage == STAGES - 1 ? 0 : stage + 1;
+        if constexpr (QREG) {
+            if (it == 0) {
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                    for (int kk = 0; kk < D / 16; ++kk) ldsm_x4(qf[mt][kk], sqw + (u32)(mt * 16 * RS + kk * 16) * 2);
+            }
+        }
+        if (n0 >= w_end) continue; // warp-uniform: no row of this warp sees a key of this tile
+
+        // S = q k^T for the warp's 32 rows and the tile's BN keys.
+        float sacc[MT][BN / 8][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int nt = 0; nt < BN / 8; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) sacc[mt][nt][e] = 0.0f;
 #pragma unroll
         for (int kk = 0; kk < D / 16; ++kk) {
+            u32 qa[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                if constexpr (QREG) {
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) qa[mt][e] = qf[mt][kk][e];
+                } else {
+                    ldsm_x4(qa[mt], sqw + (u32)(mt * 16 * RS + kk * 16) * 2);
+                }
+            }
+#pragma unroll
+            for (int np = 0; np < BN / 16; ++np) {
+                u32 b[4];
+                ldsm_x4(b, kb + b_off + (u32)(np * 16 * RS + kk * 16) * 2);
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    mma_bf16(sacc[mt][2 * np], qa[mt], b[0], b[1]);
+                    mma_bf16(sacc[mt][2 * np + 1], qa[mt], b[2], b[3]);
+                }
+            }
+        }
+
+        // Mask, only when some key of the tile is hidden from the warp's first row: key n0 + j is
+        // visible to row r when n0 + j < min(r + offset + 1, kv_len). (sacc[mt][nt][2 hf + e] is
+        // row wr0 + 16 mt + 8 hf + g, key n0 + 8 nt + 2 c4 + e.)
+        if (n0 + BN > w_all) {
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+                for (int hf = 0; hf < 2; ++hf) {
+                    const int row = wr0 + mt * 16 + hf * 8 + g;
+                    const int lim = min(row + offset + 1, kv_len) - n0;
+#pragma unroll
+                    for (int nt = 0; nt < BN / 8; ++nt) {
+#pragma unroll
+                        for (int e = 0; e < 2; ++e)
+                            if (nt * 8 + 2 * c4 + e >= lim) sacc[mt][nt][2 * hf + e] = NEG_INF;
+                    }
+                }
+            }
+        }
+
+        // Online softmax: row maxima over the 4 lanes sharing a row, in raw score units, then
+        // scaled to log2 units (scale > 0 keeps the order; -inf stays -inf).
+        float alpha[2 * MT], muse[2 * MT];
+        bool moved = false;
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+            for (int hf = 0; hf < 2; ++hf) {
+                const int i = 2 * mt + hf;
+                float mx = NEG_INF;
+#pragma unroll
+                for (int nt = 0; nt < BN / 8; ++nt)
+                    mx = fmaxf(mx, fmaxf(sacc[mt][nt][2 * hf], sacc[mt][nt][2 * hf + 1]));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                const float mnew = fmaxf(mrow[i], mx * sl2);
+                // No key seen yet: keep everything at zero without producing NaN.
+                alpha[i] = mnew == NEG_INF ? 1.0f : fast_exp2(mrow[i] - mnew);
+                muse[i] = mnew == NEG_INF ? 0.0f : mnew;
+                moved |= alpha[i] != 1.0f;
+                mrow[i] = mnew;
+                lrow[i] *= alpha[i];
+            }
+        }
+        // P = 2^(S * scale * log2(e) - m), packed to bf16 A fragments right away (half the
+        // registers of the f32 scores): pa[mt][kk] is the 16x16 slice of keys 16 kk .. +15.
+        u32 pa[MT][BN / 16][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
             for (int nt = 0; nt < BN / 8; ++nt) {
-                const bf16 *kp = Ks + (nt * 8 + g) * KS + kk * 16 + 2 * c4;
-                mma_bf16(sacc[nt], qf[kk], ld32(kp), ld32(kp + 8));
+                float p[4];
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int i = 2 * mt + (e >> 1);
+                    p[e] = fast_exp2(fmaf(sacc[mt][nt][e], sl2, -muse[i]));
+                    lrow[i] += p[e];
+                }
+                pa[mt][nt >> 1][(nt & 1) * 2] = pack_bf16(p[0], p[1]);
+                pa[mt][nt >> 1][(nt & 1) * 2 + 1] = pack_bf16(p[2], p[3]);
+            }
+        }
+        // Rescale o, unless no row maximum of the warp moved (alpha = 1 everywhere).
+        if (__any_sync(0xffffffffu, moved)) {
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+                for (int nt = 0; nt < D / 8; ++nt) {
+                    oacc[mt][nt][0] *= alpha[2 * mt];
+                    oacc[mt][nt][1] *= alpha[2 * mt];
+                    oacc[mt][nt][2] *= alpha[2 * mt + 1];
+                    oacc[mt][nt][3] *= alpha[2 * mt + 1];
+                }
             }
         }
 
-        // Mask, scale to log2 units, row maxima over the 4 lanes sharing a row.
-        float mx[2] = {NEG_INF, NEG_INF};
-#pragma unroll
-        for (int nt = 0; nt < BN / 8; ++nt) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int row = e < 2 ? r0 : r1;
-                const int key = n0 + nt * 8 + 2 * c4 + (e & 1);
-                const bool ok = key < kv_len && key <= row + offset;
-                const float x = ok ? sacc[nt][e] * sl2 : NEG_INF;
-                sacc[nt][e] = x;
-                mx[e >> 1] = fmaxf(mx[e >> 1], x);
-            }
-        }
-        float alpha[2], muse[2];
-#pragma unroll
-        for (int i = 0; i < 2; ++i) {
-            mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
-            mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
-            const float mnew = fmaxf(mrow[i], mx[i]);
-            // No key seen yet: keep everything at zero without producing NaN.
-            alpha[i] = mnew == NEG_INF ? 1.0f : exp2f(mrow[i] - mnew);
-            muse[i] = mnew == NEG_INF ? 0.0f : mnew;
-            mrow[i] = mnew;
-            lrow[i] *= alpha[i];
-        }
-#pragma unroll
-        for (int nt = 0; nt < BN / 8; ++nt) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const float p = exp2f(sacc[nt][e] - muse[e >> 1]);
-                sacc[nt][e] = p;
-                lrow[e >> 1] += p;
-            }
-        }
-#pragma unroll
-        for (int nt = 0; nt < D / 8; ++nt) {
-            oacc[nt][0] *= alpha[0];
-            oacc[nt][1] *= alpha[0];
-            oacc[nt][2] *= alpha[1];
-            oacc[nt][3] *= alpha[1];
-        }
-
-        // o += P v, P from the score accumulators, v^T from shared memory.
+        // o += P v, v fragments by ldmatrix.trans.
 #pragma unroll
         for (int kk = 0; kk < BN / 16; ++kk) {
-            u32 a[4];
-            acc_to_a(a, sacc[2 * kk], sacc[2 * kk + 1]);
 #pragma unroll
-            for (int nt = 0; nt < D / 8; ++nt) {
-                const bf16 *vp = Vt + (nt * 8 + g) * VS + kk * 16 + 2 * c4;
-                mma_bf16(oacc[nt], a, ld32(vp), ld32(vp + 8));
+            for (int np = 0; np < D / 16; ++np) {
+                u32 b[4];
+                ldsm_x4_trans(b, vb + a_off + (u32)(kk * 16 * RS + np * 16) * 2);
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    mma_bf16(oacc[mt][2 * np], pa[mt][kk], b[0], b[1]);
+                    mma_bf16(oacc[mt][2 * np + 1], pa[mt][kk], b[2], b[3]);
+                }
             }
         }
     }
+    cp_async_wait<0>(); // nothing real is left in flight; leave no group behind anyway
 
-    float inv[2];
 #pragma unroll
-    for (int i = 0; i < 2; ++i) {
-        lrow[i] += __shfl_xor_sync(0xffffffffu, lrow[i], 1);
-        lrow[i] += __shfl_xor_sync(0xffffffffu, lrow[i], 2);
-        inv[i] = lrow[i] > 0.0f ? 1.0f / lrow[i] : 0.0f;
-    }
+    for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
-    for (int nt = 0; nt < D / 8; ++nt) {
-        const int col = nt * 8 + 2 * c4;
-        if (r0 < t)
-            *reinterpret_cast<u32 *>(o + qoff + (u64)r0 * D + col) =
-                pack_bf16(oacc[nt][0] * inv[0], oacc[nt][1] * inv[0]);
-        if (r1 < t)
-            *reinterpret_cast<u32 *>(o + qoff + (u64)r1 * D + col) =
-                pack_bf16(oacc[nt][2] * inv[1], oacc[nt][3] * inv[1]);
-    }
-    if (c4 == 0) {
-        const u64 lo = (u64)(bi * hq + h) * t;
-        if (r0 < t) lse[lo + r0] = lrow[0] > 0.0f ? (mrow[0] + log2f(lrow[0])) * LN2 : NEG_INF;
-        if (r1 < t) lse[lo + r1] = lrow[1] > 0.0f ? (mrow[1] + log2f(lrow[1])) * LN2 : NEG_INF;
+        for (int hf = 0; hf < 2; ++hf) {
+            const int i = 2 * mt + hf;
+            const int row = wr0 + mt * 16 + hf * 8 + g;
+            float l = lrow[i];
+            l += __shfl_xor_sync(0xffffffffu, l, 1);
+            l += __shfl_xor_sync(0xffffffffu, l, 2);
+            const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+            if (row < t) {
+                bf16 *orow = o + qoff + (u64)row * D + 2 * c4;
+#pragma unroll
+                for (int nt = 0; nt < D / 8; ++nt)
+                    *reinterpret_cast<u32 *>(orow + nt * 8) =
+                        pack_bf16(oacc[mt][nt][2 * hf] * inv, oacc[mt][nt][2 * hf + 1] * inv);
+                if (c4 == 0)
+                    lse[(u64)(bi * hq + h) * t + row] = l > 0.0f ? (mrow[i] + log2f(l)) * LN2 : NEG_INF;
+            }
+        }
     }
 }
 
@@ -594,16 +807,17 @@ __device__ void attn_bwd_dkdv_plain(const T *__restrict__ q, const T *__restrict
 
 // Every kernel: 128 threads per block. key_lens: [b] int32 or null. scale: usually 1/sqrt(d).
 //
-// Forward, bf16, head_dim 64 / 128. Grid: (ceil(t / 64), hq, b).
-extern "C" __global__ void attention_fwd_bf16_d64(const bf16 *q, const bf16 *k, const bf16 *v,
-                                                  const int *key_lens, bf16 *o, float *lse, int hq,
-                                                  int hkv, int t, int s, float scale) {
+// Forward, bf16, head_dim 64 / 128. Grid: (ceil(t / 128), hq, b); dynamic shared memory
+// 2 * FwdSmem<D>::END bytes (73728 for d = 64, 87040 for d = 128).
+extern "C" __global__ void __launch_bounds__(THREADS, 2)
+    attention_fwd_bf16_d64(const bf16 *q, const bf16 *k, const bf16 *v, const int *key_lens, bf16 *o,
+                           float *lse, int hq, int hkv, int t, int s, float scale) {
     attn_fwd_mma<64>(q, k, v, key_lens, o, lse, hq, hkv, t, s, scale);
 }
 
-extern "C" __global__ void attention_fwd_bf16_d128(const bf16 *q, const bf16 *k, const bf16 *v,
-                                                   const int *key_lens, bf16 *o, float *lse, int hq,
-                                                   int hkv, int t, int s, float scale) {
+extern "C" __global__ void __launch_bounds__(THREADS, 2)
+    attention_fwd_bf16_d128(const bf16 *q, const bf16 *k, const bf16 *v, const int *key_lens, bf16 *o,
+                            float *lse, int hq, int hkv, int t, int s, float scale) {
     attn_fwd_mma<128>(q, k, v, key_lens, o, lse, hq, hkv, t, s, scale);
 }
 

@@ -15,10 +15,9 @@
 //! - f32, head_dim 64 or 128: plain CUDA-core kernels, f32 throughout (a reference-grade twin,
 //!   not fast).
 
-use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
-use super::{check_len, invalid, Dtype, KernelFloat};
+use super::{check_len, invalid, launch_with_shared_memory, Dtype, KernelFloat};
 use crate::error::{DriverContext, Result};
 use crate::gpu::Gpu;
 use crate::source::ATTENTION;
@@ -35,8 +34,11 @@ pub const MAX_SEQ: usize = i32::MAX as usize - 1024;
 /// Threads per block of every attention kernel.
 const THREADS: u32 = 128;
 
-/// Query rows per block of the bf16 forward, keys per block of the bf16 backward.
+/// Keys per block of the bf16 backward.
 const TILE: usize = 64;
+
+/// Query rows per block of the bf16 forward (`FwdSmem::BM` in `attention.cu`).
+const FWD_ROWS: usize = 128;
 
 /// Rows (one warp each) per block of the f32 kernels and the backward pre-kernel.
 const ROWS_PER_BLOCK: usize = 4;
@@ -138,6 +140,14 @@ pub fn bwd_shared_bytes(d: usize) -> usize {
     elems * 2 + 2 * bq * 4
 }
 
+/// Dynamic shared memory of the bf16 forward kernel for head_dim `d` (mirrors `FwdSmem` in
+/// `attention.cu`): the block's 128 query rows and 3 buffers each of a k and a v tile (64 keys for
+/// d = 64, 32 for d = 128), rows padded to `d + 8` bf16.
+pub fn fwd_shared_bytes(d: usize) -> usize {
+    let (keys, stages) = (if d == 128 { 32 } else { 64 }, 3);
+    (FWD_ROWS + 2 * stages * keys) * (d + 8) * 2
+}
+
 fn check_key_lens(kernel: &str, dims: &AttentionDims, key_lens: Option<&CudaSlice<i32>>) -> Result<()> {
     match key_lens {
         Some(lens) => check_len(kernel, "key_lens", lens.len(), dims.batch),
@@ -181,6 +191,10 @@ pub fn attention_fwd<T: KernelFloat>(
         return Ok(());
     }
     let function = gpu.kernel(&ATTENTION, kernel)?;
+    let shared = match T::DTYPE {
+        Dtype::Bf16 => fwd_shared_bytes(dims.head_dim),
+        Dtype::F32 => 0,
+    };
     let (hq, hkv, t, s) = (dims.q_heads as i32, dims.kv_heads as i32, dims.q_len as i32, dims.kv_len as i32);
     let (scale, d) = (dims.scale(), dims.head_dim as i32);
     let null = 0u64;
@@ -192,16 +206,18 @@ pub fn attention_fwd<T: KernelFloat>(
     };
     launch.arg(o).arg(lse).arg(&hq).arg(&hkv).arg(&t).arg(&s).arg(&scale);
     let grid = match T::DTYPE {
-        Dtype::Bf16 => dims.grid(dims.q_len, TILE, dims.q_heads),
+        Dtype::Bf16 => dims.grid(dims.q_len, FWD_ROWS, dims.q_heads),
         Dtype::F32 => {
             launch.arg(&d);
             dims.grid(dims.q_len, ROWS_PER_BLOCK, dims.q_heads)
         }
     };
+    let config = launch_config(grid, shared as u32);
     // SAFETY: the arguments match the kernel's signature (pointers or a null u64 for key_lens,
     // ints, a float, and for f32 the head dim); every buffer holds what the kernel touches
-    // (checked above); the grid matches the kernel's documented launch shape.
-    unsafe { launch.launch(launch_config(grid, 0)) }.during(kernel)?;
+    // (checked above); the grid matches the kernel's documented launch shape, and the bf16
+    // kernel's dynamic shared memory is what it carves (FwdSmem).
+    unsafe { launch_with_shared_memory(&function, &mut launch, config, kernel) }?;
     Ok(())
 }
 
@@ -276,9 +292,6 @@ pub fn attention_bwd<T: KernelFloat>(
     if bf16 {
         let function = gpu.kernel(&ATTENTION, main)?;
         let shared = bwd_shared_bytes(dims.head_dim);
-        function
-            .set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, shared as i32)
-            .during("setting the attention backward's shared memory size")?;
         let mut launch = gpu.stream().launch_builder(&function);
         launch.arg(q).arg(k).arg(v).arg(lse).arg(&mut delta).arg(d_o);
         match key_lens {
@@ -288,8 +301,8 @@ pub fn attention_bwd<T: KernelFloat>(
         launch.arg(&mut rest).arg(&mut *dk).arg(&mut *dv).arg(&hq).arg(&hkv).arg(&t).arg(&s).arg(&scale);
         let grid = dims.grid(dims.kv_len, TILE, dims.kv_heads);
         // SAFETY: the arguments match the kernel's signature; buffers checked above; the dynamic
-        // shared memory is what the kernel carves (BwdSmem) and was allowed just above.
-        unsafe { launch.launch(launch_config(grid, shared as u32)) }.during(main)?;
+        // shared memory is what the kernel carves (BwdSmem).
+        unsafe { launch_with_shared_memory(&function, &mut launch, launch_config(grid, shared as u32), main) }?;
 
         let post = "attention_bwd_post_bf16";
         let function = gpu.kernel(&ATTENTION, post)?;
@@ -369,6 +382,14 @@ mod tests {
         let approx = 4.0 * 2.0 * 32.0 * 2048.0 * 2048.0 * 128.0 / 2.0;
         assert!((sq.fwd_flops() / approx - 1.0).abs() < 1e-3);
         assert!((dims(1, 1, 1, 1, 1, 64).scale() - 0.125).abs() < 1e-9);
+    }
+
+    #[test]
+    fn forward_shared_memory_matches_the_kernel_layout() {
+        // The numbers quoted in attention.cu; two blocks must fit an H100 / A100 multiprocessor.
+        assert_eq!(fwd_shared_bytes(64), 73_728);
+        assert_eq!(fwd_shared_bytes(128), 87_040);
+        assert!(fwd_shared_bytes(64).max(fwd_shared_bytes(128)) <= 113 * 1024);
     }
 
     #[test]

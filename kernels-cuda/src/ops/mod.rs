@@ -14,10 +14,13 @@ pub mod rms_norm;
 pub mod rope;
 pub mod swiglu;
 
-use cudarc::driver::DeviceRepr;
+use std::sync::Mutex;
+
+use cudarc::driver::sys::CUfunction_attribute;
+use cudarc::driver::{CudaFunction, DeviceRepr, LaunchArgs, LaunchConfig};
 use half::bf16;
 
-use crate::error::{Error, Result};
+use crate::error::{DriverContext, Error, Result};
 
 /// A storage dtype of the kernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,4 +71,47 @@ fn check_len(kernel: &str, what: &str, got: usize, want: usize) -> Result<()> {
     } else {
         Err(invalid(kernel, format!("{what} has {got} elements, expected {want}")))
     }
+}
+
+/// Launches `launch` of `function` with `config`, first letting the function use the config's
+/// dynamic shared memory (more than the default 48 KiB needs the attribute). The attribute is set
+/// once per function handle and size (setting it before every launch costs several
+/// microseconds); if the launch fails, it is set again and the launch retried once, for a
+/// handle that belongs to a module loaded since (handles are reused).
+///
+/// # Safety
+/// As [`LaunchArgs::launch`]: the arguments pushed must match the kernel's parameters, every
+/// buffer must hold what the kernel touches with this config, and the shared memory must be
+/// what the kernel expects.
+unsafe fn launch_with_shared_memory(
+    function: &CudaFunction,
+    launch: &mut LaunchArgs,
+    config: LaunchConfig,
+    kernel: &str,
+) -> Result<()> {
+    let bytes = config.shared_mem_bytes as usize;
+    allow_shared_memory(function, bytes, false)?;
+    // SAFETY: the caller's contract.
+    if unsafe { launch.launch(config) }.is_err() {
+        allow_shared_memory(function, bytes, true)?;
+        // SAFETY: the caller's contract.
+        unsafe { launch.launch(config) }.during(kernel)?;
+    }
+    Ok(())
+}
+
+/// Lets `function` use `bytes` of dynamic shared memory, once per handle and size unless `force`.
+fn allow_shared_memory(function: &CudaFunction, bytes: usize, force: bool) -> Result<()> {
+    static ALLOWED: Mutex<Vec<(usize, usize)>> = Mutex::new(Vec::new());
+    let key = (function.cu_function() as usize, bytes);
+    let mut allowed = ALLOWED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if force || !allowed.contains(&key) {
+        function
+            .set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32)
+            .during("setting a kernel's dynamic shared memory size")?;
+        if !allowed.contains(&key) {
+            allowed.push(key);
+        }
+    }
+    Ok(())
 }

@@ -8,12 +8,9 @@
 //! [`nf4_dequantize`] into f32 is bit-identical to `Nf4Weight::dequantize()`, and into bf16 is
 //! that rounded to nearest even.
 
-use std::sync::Mutex;
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
-use cudarc::driver::sys::CUfunction_attribute;
-use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
-
-use super::{check_len, invalid, KernelFloat};
+use super::{check_len, invalid, launch_with_shared_memory, KernelFloat};
 use crate::error::{DriverContext, Result};
 use crate::gpu::Gpu;
 use crate::source::NF4;
@@ -65,7 +62,7 @@ pub struct Nf4Weights<'a> {
 
 impl Nf4Weights<'_> {
     /// Checks every buffer's length for `numel` values.
-    fn check(&self, kernel: &str, numel: usize) -> Result<()> {
+    pub(super) fn check(&self, kernel: &str, numel: usize) -> Result<()> {
         if numel == 0 {
             return Err(invalid(kernel, "an NF4 weight of no values".into()));
         }
@@ -210,7 +207,6 @@ pub fn nf4_gemv<T: KernelFloat>(
     check_len(kernel, "x", x.len(), m * k)?;
     check_len(kernel, "y", y.len(), m * rows)?;
     let function = gpu.kernel(&NF4, kernel)?;
-    allow_gemv_shared_memory(&function, false)?;
     let (null, zero) = (0u64, 0f32);
     let (rows_arg, k_arg) = (rows as i32, k as i32);
     let mut launch = gpu.stream().launch_builder(&function);
@@ -224,35 +220,8 @@ pub fn nf4_gemv<T: KernelFloat>(
     };
     // SAFETY: (pointer x2, pointer or null x4, float, pointer, pointer, int, int) matches the
     // kernel; x, y and the weight's buffers hold what [m, k], [m, rows] and rows * k values need;
-    // the dynamic shared memory is what the kernel expects and was allowed for the function.
-    if unsafe { launch.launch(config) }.is_err() {
-        // A function handle seen before may belong to a module loaded since (handles are
-        // reused): allow the shared memory again and retry once.
-        allow_gemv_shared_memory(&function, true)?;
-        // SAFETY: as above.
-        unsafe { launch.launch(config) }.during(kernel)?;
-    }
-    Ok(())
-}
-
-/// Lets `function` use [`GEMV_SHARED_BYTES`] of dynamic shared memory. Done once per function
-/// handle (`force` redoes it): setting the attribute before every launch costs several
-/// microseconds per GEMV on the device.
-fn allow_gemv_shared_memory(function: &CudaFunction, force: bool) -> Result<()> {
-    static ALLOWED: Mutex<Vec<usize>> = Mutex::new(Vec::new());
-    let handle = function.cu_function() as usize;
-    let mut allowed = ALLOWED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    if force || !allowed.contains(&handle) {
-        function
-            .set_attribute(
-                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                GEMV_SHARED_BYTES as i32,
-            )
-            .during("setting the NF4 GEMV's shared memory size")?;
-        if !allowed.contains(&handle) {
-            allowed.push(handle);
-        }
-    }
+    // the dynamic shared memory is what the kernel expects.
+    unsafe { launch_with_shared_memory(&function, &mut launch, config, kernel) }?;
     Ok(())
 }
 
