@@ -235,3 +235,32 @@ fn cuda_nf4_quantize_matches_cpu() {
         }
     }
 }
+
+/// `x @ W^T` with an NF4 weight and its input gradient `g @ W` on the GPU against the CPU, in
+/// bf16, for row counts that take each GPU path: the GEMV (1, 8 rows; forward only), the fused
+/// tiled GEMM (9 rows up to NF4_FUSED_MAX_M) and dequantize + cuBLAS (above).
+#[test]
+fn cuda_nf4_matmul_paths_match_cpu() {
+    use engine::ops::{nf4_matmul_nt, Nf4, NF4_FUSED_MAX_M};
+    use engine::quant::nf4::Nf4Weight;
+    let Some(dev) = gpu() else { return };
+    let (rows, cols) = (192, 576);
+    let values = Rng::new(70).normal_vec(rows * cols, 0.02);
+    let w = Nf4::Host(std::sync::Arc::new(Nf4Weight::quantize(&values, &[rows, cols], true).unwrap()));
+    let wd = w.to_device(dev).unwrap();
+    for m in [1, 8, 9, 40, NF4_FUSED_MAX_M, NF4_FUSED_MAX_M + 1, 300] {
+        let x = ops::cast(&randn(&[m, cols], 71 + m as u64), DType::BF16).unwrap();
+        let seed = ops::cast(&randn(&[m, rows], 72 + m as u64), DType::BF16).unwrap();
+        let run = |x: &Tensor, w: &Nf4, seed: &Tensor| {
+            let xv = x.clone().into_var();
+            let y = nf4_matmul_nt(&xv, w).unwrap();
+            let grads = backward_from(&y, seed).unwrap();
+            (y, grads.get(&xv).unwrap().clone())
+        };
+        let (yc, gc) = run(&x, &w, &seed);
+        let (yg, gg) = run(&x.to_device(dev).unwrap(), &wd, &seed.to_device(dev).unwrap());
+        assert_eq!((yg.dtype(), gg.dtype()), (DType::BF16, DType::BF16));
+        assert_close(&format!("nf4 x @ W^T, {m} rows"), &yg, &yc, 2e-2);
+        assert_close(&format!("nf4 g @ W, {m} rows"), &gg, &gc, 2e-2);
+    }
+}

@@ -8,6 +8,11 @@
 //!   (`dequant+cublas`). Bytes: the NF4 weight only (packed codes + absmax codes + scales), the
 //!   traffic a decode step cannot avoid, so both variants report comparable GB/s.
 //!
+//! - `nf4_gemm`: the products of prefill and training, `c[m, rows] = a[m, k] @ W^T` (forward)
+//!   and `c[m, k] = a[m, rows] @ W` (backward, the input gradient), for m = 16 .. 4096 rows of
+//!   activations, two ways: the fused tiled kernel (`fused`) and dequantize-to-scratch + cuBLAS
+//!   (`dequant+cublas`). Throughput in FLOPs (criterion's "elements"), 2 m rows k.
+//!
 //! Weights are random bytes (speed does not depend on the codes) and every launch reads another
 //! of several copies totalling >= 256 MB, so that no weight is still in L2 from the launch before.
 
@@ -18,9 +23,12 @@ use kernels_cuda::cudarc::driver::CudaSlice;
 use kernels_cuda::ops::nf4::{
     nf4_dequantize, nf4_gemv, Nf4Absmax, Nf4Weights, DOUBLE_QUANT_BLOCK, DYNAMIC_MAP_LEN, GEMV_MAX_M, NF4_BLOCK,
 };
+use kernels_cuda::ops::nf4_gemm::{nf4_gemm, nf4_gemm_workspace_len, Nf4Product};
 use kernels_cuda::{bf16, Gpu};
 
 const SHAPES: [(usize, usize); 3] = [(4096, 4096), (14336, 4096), (4096, 14336)];
+/// Activation rows of the `nf4_gemm` group: prompts and micro-batches.
+const GEMM_M: [usize; 7] = [16, 32, 64, 128, 256, 1024, 4096];
 
 /// One NF4 weight on the device (its dynamic map is shared).
 struct Weight {
@@ -105,6 +113,47 @@ fn bench(c: &mut Criterion, gpu: &Gpu) {
                     })
                 })
             });
+        }
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("nf4_gemm");
+    for (rows, k, ws) in &sets {
+        let (rows, k) = (*rows, *k);
+        let mut scratch = common::zeros::<bf16>(gpu, rows * k);
+        for product in [Nf4Product::Forward, Nf4Product::Backward] {
+            let (n_out, kdim) = product.dims(rows, k);
+            for m in GEMM_M {
+                let a = common::dev_bf16(gpu, m * kdim, 1.0, m as u64);
+                let mut out = common::zeros::<bf16>(gpu, m * n_out);
+                let ws_len = nf4_gemm_workspace_len(gpu, m, rows, k, product);
+                let mut partial = (ws_len > 0).then(|| common::zeros::<f32>(gpu, ws_len));
+                g.throughput(Throughput::Elements((2 * m * rows * k) as u64));
+                let id = format!(
+                    "{}/m{m}/{}",
+                    if product == Nf4Product::Forward { "fwd" } else { "bwd" },
+                    common::dims(&[rows, k])
+                );
+                g.bench_function(format!("fused/{id}"), |b| {
+                    b.iter_custom(|iters| {
+                        common::time(gpu, iters, |i| {
+                            let w = ws[i % ws.len()].view(&map);
+                            nf4_gemm(gpu, &a, &w, &mut out, partial.as_mut(), (m, rows, k), product).unwrap()
+                        })
+                    })
+                });
+                g.bench_function(format!("dequant+cublas/{id}"), |b| {
+                    b.iter_custom(|iters| {
+                        common::time(gpu, iters, |i| {
+                            nf4_dequantize(gpu, &ws[i % ws.len()].view(&map), &mut scratch).unwrap();
+                            match product {
+                                Nf4Product::Forward => common::gemm_nt(&blas, &a, &scratch, &mut out, (m, rows, k)),
+                                Nf4Product::Backward => common::gemm_nn(&blas, &a, &scratch, &mut out, (m, k, rows)),
+                            }
+                        })
+                    })
+                });
+            }
         }
     }
     g.finish();

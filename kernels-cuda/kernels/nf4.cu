@@ -48,6 +48,7 @@
 // A plain absmax is passed as `plain` (then codes, scales, map are unused and may be null);
 // `plain == nullptr` selects double quantization.
 #include "common.cuh"
+#include "nf4.cuh"
 
 // GEMV tuning per m = 1..8 (src/ops/nf4.rs mirrors all three): threads per block (one block per
 // multiprocessor: the 128 KiB of shared memory allow no more; 1024 threads leave 64 registers
@@ -65,80 +66,18 @@
 
 namespace {
 
-// bitsandbytes' NF4 code values, with the digits of engine::quant::nf4::NF4_CODE.
-__constant__ float kNf4[16] = {
-    -1.0f,
-    -0.6961928009986877f,
-    -0.5250730514526367f,
-    -0.39491748809814453f,
-    -0.28444138169288635f,
-    -0.18477343022823334f,
-    -0.09105003625154495f,
-    0.0f,
-    0.07958029955625534f,
-    0.16093020141124725f,
-    0.24611230194568634f,
-    0.33791524171829224f,
-    0.44070982933044434f,
-    0.5626170039176941f,
-    0.7229568362236023f,
-    1.0f,
-};
-
 typedef unsigned char u8;
 
 constexpr unsigned FULL_MASK = 0xffffffffu;
 
-// The absmax of block b, plain or double-quantized.
-struct Absmax {
-    const float *plain;
-    const u8 *codes;
-    const float *scales;
-    float offset;
-    const float *map;
-
-    __device__ __forceinline__ float operator()(u64 b) const {
-        if (plain) return __ldg(plain + b);
-        const float q = __ldg(map + __ldg(codes + b));
-        return __fadd_rn(__fmul_rn(q, __ldg(scales + (b >> 8))), offset);
-    }
-};
-
-// What decoding one absmax needs from memory: the plain value, or the code and its scale.
-struct RawAbsmax {
-    float f;
-    unsigned code;
-};
-
-__device__ __forceinline__ RawAbsmax load_raw(const Absmax &am, u64 b) {
-    RawAbsmax r;
-    if (am.plain) {
-        r.f = __ldg(am.plain + b);
-        r.code = 0;
-    } else {
-        r.code = __ldg(am.codes + b);
-        r.f = __ldg(am.scales + (b >> 8));
-    }
-    return r;
-}
-
-__device__ __forceinline__ float decode_raw(const Absmax &am, RawAbsmax r) {
-    if (am.plain) return r.f;
-    return __fadd_rn(__fmul_rn(__ldg(am.map + r.code), r.f), am.offset);
-}
+using nf4::Absmax;
+using nf4::decode_raw;
+using nf4::load_raw;
+using nf4::load_stream;
+using nf4::RawAbsmax;
 
 __device__ __forceinline__ u64 thread_index() { return (u64)blockIdx.x * blockDim.x + threadIdx.x; }
 __device__ __forceinline__ u64 thread_count() { return (u64)gridDim.x * blockDim.x; }
-
-// A 4-byte load of streamed data (read once): by default it bypasses L1, so that x stays there.
-#ifndef NF4_LOAD_QUALIFIERS
-#define NF4_LOAD_QUALIFIERS ".nc.L1::no_allocate"
-#endif
-__device__ __forceinline__ unsigned load_stream(const unsigned *p) {
-    unsigned v;
-    asm("ld.global" NF4_LOAD_QUALIFIERS ".u32 %0, [%1];" : "=r"(v) : "l"(p));
-    return v;
-}
 
 // ---------------------------------------------------------------------------------------------
 // Dequantization: one thread per 4-byte word (8 values), lanes on consecutive words, so a warp
@@ -168,7 +107,7 @@ template <> __device__ __forceinline__ void store8<__nv_bfloat16>(__nv_bfloat16 
 
 template <typename T>
 __device__ void dequant(const u8 *__restrict__ packed, Absmax am, T *__restrict__ out, u64 n) {
-    if (threadIdx.x < 16) s_code[threadIdx.x] = kNf4[threadIdx.x];
+    if (threadIdx.x < 16) s_code[threadIdx.x] = nf4::kCode[threadIdx.x];
     __syncthreads();
     u64 done = 0;
     if (ft::aligned(packed, 4) && ft::aligned(out, 16)) {
@@ -239,7 +178,7 @@ __device__ __forceinline__ void fill_pair_table() {
     // constant reads touch at most two addresses.
     for (int i = threadIdx.x; i < (int)(TABLE_BYTES / 16); i += blockDim.x) {
         const int b = i >> 4;
-        const float hi = kNf4[b >> 4], lo = kNf4[b & 15];
+        const float hi = nf4::kCode[b >> 4], lo = nf4::kCode[b & 15];
         table[i] = make_float4(hi, lo, hi, lo);
     }
 }

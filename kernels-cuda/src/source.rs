@@ -31,6 +31,12 @@ pub struct KernelModule {
 /// `kernels/common.cuh`: f32/bf16 conversions, vector packs, warp and block reductions.
 pub const COMMON: Header = Header { name: "common.cuh", source: include_str!("../kernels/common.cuh") };
 
+/// `kernels/nf4.cuh`: the NF4 code values and the absmax decoding (plain or double-quantized).
+pub const NF4_HEADER: Header = Header { name: "nf4.cuh", source: include_str!("../kernels/nf4.cuh") };
+
+/// `kernels/mma.cuh`: bf16 tensor-core products (mma.sync m16n8k16) and ldmatrix loads.
+pub const MMA: Header = Header { name: "mma.cuh", source: include_str!("../kernels/mma.cuh") };
+
 /// `kernels/rms_norm.cu`: row-wise RMSNorm forward (y and 1/rms) and backward (dx only).
 pub const RMS_NORM: KernelModule = KernelModule {
     name: "rms_norm",
@@ -113,7 +119,7 @@ pub const NF4: KernelModule = KernelModule {
     name: "nf4",
     file: "nf4.cu",
     source: include_str!("../kernels/nf4.cu"),
-    headers: &[COMMON],
+    headers: &[COMMON, NF4_HEADER],
     kernels: &[
         "nf4_dequant_f32",
         "nf4_dequant_bf16",
@@ -135,6 +141,22 @@ pub const NF4: KernelModule = KernelModule {
         "nf4_gemv6_bf16",
         "nf4_gemv7_bf16",
         "nf4_gemv8_bf16",
+    ],
+};
+
+/// `kernels/nf4_gemm.cu`: bf16 GEMMs with an NF4 weight decoded tile by tile (forward
+/// `a @ W^T` and backward `a @ W`), and the reduction of their split-k partial sums.
+pub const NF4_GEMM: KernelModule = KernelModule {
+    name: "nf4_gemm",
+    file: "nf4_gemm.cu",
+    source: include_str!("../kernels/nf4_gemm.cu"),
+    headers: &[COMMON, MMA, NF4_HEADER],
+    kernels: &[
+        "nf4_gemm_fwd_bf16_m64",
+        "nf4_gemm_fwd_bf16_m128",
+        "nf4_gemm_bwd_bf16_m64",
+        "nf4_gemm_bwd_bf16_m128",
+        "nf4_gemm_reduce_bf16",
     ],
 };
 
@@ -188,7 +210,7 @@ pub const REDUCE: KernelModule = KernelModule {
 
 /// Every module shipped with the crate.
 pub const MODULES: &[KernelModule] =
-    &[COPY, RMS_NORM, ELEMENTWISE, ROPE, SWIGLU, EMBEDDING, CROSS_ENTROPY, NF4, ATTENTION, ADAMW, REDUCE];
+    &[COPY, RMS_NORM, ELEMENTWISE, ROPE, SWIGLU, EMBEDDING, CROSS_ENTROPY, NF4, NF4_GEMM, ATTENTION, ADAMW, REDUCE];
 
 #[cfg(test)]
 mod tests {

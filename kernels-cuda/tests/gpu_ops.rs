@@ -20,6 +20,7 @@ use kernels_cuda::ops::cross_entropy::{
 };
 use kernels_cuda::ops::embedding::{embedding_bwd, embedding_fwd};
 use kernels_cuda::ops::nf4::{nf4_dequantize, nf4_gemv, Nf4Absmax, Nf4Weights};
+use kernels_cuda::ops::nf4_gemm::{nf4_gemm, nf4_gemm_workspace_len, Nf4Product};
 use kernels_cuda::ops::rope::{rope_bwd, rope_fwd, rope_table, RopeLayout, RopeShape};
 use kernels_cuda::ops::swiglu::{swiglu_bwd, swiglu_bwd_inplace, swiglu_bwd_inplace_h, swiglu_fwd};
 use kernels_cuda::{bf16, Error, Gpu, KernelFloat};
@@ -891,6 +892,73 @@ fn cuda_nf4_gemv_f32() {
 fn cuda_nf4_gemv_bf16() {
     let Some(gpu) = gpu() else { return };
     check_nf4_gemv::<bf16>(gpu, 62);
+}
+
+/// (rows, cols, m) of the fused NF4 GEMM tests: one tile, partial weight tiles (rows % 64 != 0),
+/// m across the 64- and 128-row block sizes with partial block rows, contractions long enough to
+/// be split (and split unevenly), and the plain absmax.
+const GEMM_SHAPES: &[(usize, usize, usize, bool)] = &[
+    (64, 64, 1, true),
+    (200, 128, 9, true),
+    (192, 576, 64, true),
+    (1536, 576, 65, true),
+    (576, 1536, 130, true),
+    (4104, 256, 16, true),
+    (256, 4160, 300, true),
+    (136, 64, 33, false),
+    (512, 1024, 128, false),
+];
+
+fn check_nf4_gemm(gpu: &Gpu, seed: u64, product: Nf4Product) {
+    let mut rng = Rng(seed);
+    for &(rows, cols, m, double_quant) in GEMM_SHAPES {
+        let (n_out, kdim) = product.dims(rows, cols);
+        let what = format!("nf4_gemm {product:?} W [{rows}, {cols}] m={m}{}", if double_quant { "" } else { " plain" });
+        let w = Nf4Weight::quantize(&nf4_values(&mut rng, rows * cols), &[rows, cols], double_quant).unwrap();
+        // The kernel multiplies the weight as nf4_dequant_bf16 rounds it.
+        let wf: Vec<f64> = w.dequantize().iter().map(|&v| bf16::from_f32(v).to_f64()).collect();
+        let a: Vec<bf16> = to_dtype(&rng.vec(m * kdim, -1.0, 1.0));
+        let af = widen(&a);
+        let dev = DeviceNf4::new(gpu, &w);
+        let mut d_c = poisoned::<bf16>(gpu, m * n_out);
+        let ws_len = nf4_gemm_workspace_len(gpu, m, rows, cols, product);
+        let mut ws = (ws_len > 0).then(|| poisoned::<f32>(gpu, ws_len));
+        nf4_gemm(gpu, &upload(gpu, &a), &dev.view(), &mut d_c, ws.as_mut(), (m, rows, cols), product)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        sync(gpu, &what);
+        let got = widen(&download::<bf16>(gpu, &d_c));
+        let (mut want, mut tol) = (vec![0.0; m * n_out], vec![0.0; m * n_out]);
+        for i in 0..m {
+            for o in 0..n_out {
+                let (mut s, mut mag) = (0.0f64, 0.0f64);
+                for k in 0..kdim {
+                    let wv = match product {
+                        Nf4Product::Forward => wf[o * cols + k],
+                        Nf4Product::Backward => wf[k * cols + o],
+                    };
+                    let t = af[i * kdim + k] * wv;
+                    s += t;
+                    mag += t.abs();
+                }
+                want[i * n_out + o] = s;
+                // f32 sums in another order, then the bf16 rounding of c.
+                tol[i * n_out + o] = 4e-6 * mag + 4e-3 * s.abs() + 1e-7;
+            }
+        }
+        assert_within(&format!("{what} (workspace {ws_len})"), &got, &want, &tol, n_out);
+    }
+}
+
+#[test]
+fn cuda_nf4_gemm_forward() {
+    let Some(gpu) = gpu() else { return };
+    check_nf4_gemm(gpu, 71, Nf4Product::Forward);
+}
+
+#[test]
+fn cuda_nf4_gemm_backward() {
+    let Some(gpu) = gpu() else { return };
+    check_nf4_gemm(gpu, 72, Nf4Product::Backward);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ pub use elementwise::{add, cast, mul, ones_like, scale, sum_all, zeros_like};
 pub use embedding::embedding;
 pub use lm_head_loss::lm_head_cross_entropy;
 pub use matmul::{matmul, matmul_nt};
-pub use nf4_matmul::{nf4_matmul_nt, DeviceNf4, Nf4};
+pub use nf4_matmul::{nf4_matmul_nt, DeviceNf4, Nf4, NF4_FUSED_MAX_M};
 pub use rms_norm::rms_norm;
 pub use rope::{rope, RopeTable};
 pub use softmax::log_softmax;

@@ -2,8 +2,12 @@
 //! base weight of QLoRA is never trained.
 //!
 //! CPU reference: the weight is dequantized into a temporary of `x`'s dtype and the dense GEMM
-//! runs. GPU: up to 8 rows (decode) use the fused NF4 GEMV, which reads the packed weight
-//! once; more rows dequantize into a bf16/f32 scratch for cuBLAS.
+//! runs. GPU, by the number of rows `m` of `x` (or of the gradient), whichever was faster on the
+//! H200 (benches/RESULTS.md, `nf4_gemm`):
+//! - `m <= 8` (decode, forward only): the fused NF4 GEMV, which reads the packed weight once;
+//! - bf16 and `m <=` [`NF4_FUSED_MAX_M`]: the fused tiled GEMM, which decodes the weight tile by tile
+//!   in shared memory (forward `x @ W^T` and backward `g @ W`);
+//! - otherwise the weight is dequantized into a bf16/f32 scratch for cuBLAS.
 
 use super::{cast, dense, matmul, matmul_nt};
 use crate::autograd::{Backward, GradStore};
@@ -12,7 +16,14 @@ use crate::quant::nf4::{dynamic_map, Nf4Scales, Nf4Weight};
 use crate::{autograd, DType, Device, Error, Result, Tensor};
 use kernels_cuda::cudarc::driver::CudaSlice;
 use kernels_cuda::ops::nf4::{self as kernels, Nf4Absmax, Nf4Weights, GEMV_MAX_M};
+use kernels_cuda::ops::nf4_gemm::{nf4_gemm, nf4_gemm_supports, nf4_gemm_workspace_len, Nf4Product};
 use std::sync::Arc;
+
+/// The most rows the fused tiled NF4 GEMM takes: measured on the H200 (benches/RESULTS.md), it
+/// beats dequantize + cuBLAS by 5-25% from 16 to 64 rows at the 8B projection shapes, and loses
+/// from 128 rows on (cuBLAS multiplies 3-4x faster than its mma.sync tiles once the scratch
+/// traffic is hidden).
+pub const NF4_FUSED_MAX_M: usize = 64;
 
 /// An NF4 weight `[out, in]` where it lives: host memory or a GPU.
 #[derive(Clone)]
@@ -186,6 +197,37 @@ impl DeviceNf4 {
         r.map_err(|e| cuda::err("nf4 gemv", e))?;
         Ok(cuda::tensor(y, &[m, self.rows]))
     }
+
+    /// Whether the fused tiled GEMM is the faster way to multiply `m` bf16 rows by this weight.
+    fn fused(&self, dtype: DType, m: usize) -> bool {
+        dtype == DType::BF16 && m <= NF4_FUSED_MAX_M && nf4_gemm_supports(self.rows, self.cols)
+    }
+
+    /// `a @ W^T` (forward) or `a @ W` (backward) for a bf16 `a: [m, _]`, through the fused
+    /// tiled GEMM.
+    fn gemm(&self, a: &Tensor, product: Nf4Product) -> Result<Tensor> {
+        let a = dense(a)?;
+        let m = a.dim(0);
+        let (n_out, _) = product.dims(self.rows, self.cols);
+        let ga = a.cuda_storage()?;
+        let CudaBuf::BF16(av) = &cuda::cs(&ga).buf else {
+            return Err(Error::DType { op: "nf4 gemm (cuda)", dtype: a.dtype() });
+        };
+        let mut c = CudaStorage::uninit(DType::BF16, m * n_out, &self.dev)?;
+        let ws_len = nf4_gemm_workspace_len(&self.dev.gpu, m, self.rows, self.cols, product);
+        let mut ws = match ws_len {
+            0 => None,
+            n => Some(CudaStorage::uninit(DType::F32, n, &self.dev)?),
+        };
+        let CudaBuf::BF16(cv) = &mut c.buf else { unreachable!("allocated as bf16") };
+        let wv = match ws.as_mut().map(|w| &mut w.buf) {
+            Some(CudaBuf::F32(w)) => Some(w),
+            _ => None,
+        };
+        nf4_gemm(&self.dev.gpu, av, &self.view(), cv, wv, (m, self.rows, self.cols), product)
+            .map_err(|e| cuda::err("nf4 gemm", e))?;
+        Ok(cuda::tensor(c, &[m, n_out]))
+    }
 }
 
 /// `x @ W^T` for `x: [..., in]` and an NF4 weight of shape `[out, in]` on `x`'s device.
@@ -200,12 +242,16 @@ pub fn nf4_matmul_nt(x: &Tensor, w: &Nf4) -> Result<Tensor> {
     let y = {
         let _g = autograd::no_grad();
         let x = x.detach();
+        let m = x.elem_count() / cols;
+        let lead = &x.shape()[..x.rank() - 1];
         match w {
-            Nf4::Device(d) if x.elem_count() / cols <= GEMV_MAX_M => {
-                let lead = &x.shape()[..x.rank() - 1];
-                let y = d.gemv(&super::reshape(&x, &[x.elem_count() / cols, cols])?)?;
-                super::reshape(&y, &[lead, &[rows]].concat())?
+            Nf4::Device(d) if m <= GEMV_MAX_M => {
+                super::reshape(&d.gemv(&super::reshape(&x, &[m, cols])?)?, &[lead, &[rows]].concat())?
             }
+            Nf4::Device(d) if d.fused(x.dtype(), m) => super::reshape(
+                &d.gemm(&super::reshape(&x, &[m, cols])?, Nf4Product::Forward)?,
+                &[lead, &[rows]].concat(),
+            )?,
             _ => matmul_nt(&x, &w.dequantize(x.dtype())?)?,
         }
     };
@@ -224,11 +270,13 @@ impl Backward for Nf4MatmulBackward {
         vec![self.x.clone()]
     }
     fn backward(&self, g: &Tensor, _: &mut GradStore) -> Result<Vec<Option<Tensor>>> {
-        let w = self.w.dequantize(g.dtype())?;
         let lead = &g.shape()[..g.rank() - 1];
         let rows: usize = lead.iter().product();
         let g2 = super::reshape(g, &[rows, g.dim(-1)])?;
-        let dx = matmul(&g2, &w)?;
+        let dx = match &self.w {
+            Nf4::Device(d) if d.fused(g.dtype(), rows) => d.gemm(&g2, Nf4Product::Backward)?,
+            w => matmul(&g2, &w.dequantize(g.dtype())?)?,
+        };
         Ok(vec![Some(super::reshape(&dx, self.x.shape())?)])
     }
 }

@@ -139,8 +139,7 @@ pub fn dims(d: &[usize]) -> String {
     d.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("x")
 }
 
-/// `y[m, n] = x[m, k] @ w[n, k]^T` through cuBLAS (bf16 in and out, f32 accumulation), the
-/// layout of a linear layer; enqueued on the handle's stream.
+/// `y[m, n] = x[m, k] @ w[n, k]^T` with cuBLAS (bf16, f32 accumulation), all row-major.
 pub fn gemm_nt(
     blas: &kernels_cuda::cudarc::cublas::CudaBlas,
     x: &CudaSlice<bf16>,
@@ -148,23 +147,48 @@ pub fn gemm_nt(
     y: &mut CudaSlice<bf16>,
     (m, n, k): (usize, usize, usize),
 ) {
+    gemm(blas, x, w, y, (m, n, k), true);
+}
+
+/// `y[m, n] = x[m, k] @ w[k, n]` with cuBLAS (bf16, f32 accumulation), all row-major.
+pub fn gemm_nn(
+    blas: &kernels_cuda::cudarc::cublas::CudaBlas,
+    x: &CudaSlice<bf16>,
+    w: &CudaSlice<bf16>,
+    y: &mut CudaSlice<bf16>,
+    (m, n, k): (usize, usize, usize),
+) {
+    gemm(blas, x, w, y, (m, n, k), false);
+}
+
+fn gemm(
+    blas: &kernels_cuda::cudarc::cublas::CudaBlas,
+    x: &CudaSlice<bf16>,
+    w: &CudaSlice<bf16>,
+    y: &mut CudaSlice<bf16>,
+    (m, n, k): (usize, usize, usize),
+    w_transposed: bool,
+) {
     use kernels_cuda::cudarc::cublas::{sys::cublasOperation_t, Gemm, GemmConfig};
-    // Column-major view: y^T [n, m] = w [n, k] (stored as w^T, hence op T) @ x^T [k, m].
+    // Column-major view: y^T [n, m] = op(w) [n, k] @ x^T [k, m]; w [n, k] row-major is w^T in
+    // column-major (op T), w [k, n] row-major is [n, k] column-major already (op N).
+    let (transa, lda) =
+        if w_transposed { (cublasOperation_t::CUBLAS_OP_T, k) } else { (cublasOperation_t::CUBLAS_OP_N, n) };
     let cfg = GemmConfig {
-        transa: cublasOperation_t::CUBLAS_OP_T,
+        transa,
         transb: cublasOperation_t::CUBLAS_OP_N,
         m: n as i32,
         n: m as i32,
         k: k as i32,
         alpha: bf16::ONE,
-        lda: k as i32,
+        lda: lda as i32,
         ldb: k as i32,
         beta: bf16::ZERO,
         ldc: n as i32,
     };
-    assert!(x.len() >= m * k && w.len() >= n * k && y.len() >= m * n, "gemm_nt operands too small");
-    // SAFETY: the buffers hold [m, k], [n, k] and [m, n] row-major (checked above), which is
-    // what the column-major dimensions and leading dimensions describe.
+    assert!(x.len() >= m * k && w.len() >= n * k && y.len() >= m * n, "gemm operands too small");
+    // SAFETY: the buffers hold [m, k], [n, k] (or [k, n]) and [m, n] row-major (checked above),
+    // which is what the column-major dimensions and leading dimensions describe.
     unsafe { blas.gemm(cfg, w, x, y) }.expect("cuBLAS gemm");
 }
 

@@ -9,6 +9,7 @@ pub mod cross_entropy;
 pub mod elementwise;
 pub mod embedding;
 pub mod nf4;
+pub mod nf4_gemm;
 pub mod reduce;
 pub mod rms_norm;
 pub mod rope;
