@@ -15,9 +15,9 @@
 //! 512-value buffer, signed first (`trainer::quant8` builds them). Fresh states are all-zero
 //! codes and absmax.
 
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, PushKernelArg};
 
-use super::{check_len, invalid, KernelFloat};
+use super::{check_len, grid_stride, invalid, KernelFloat};
 use crate::error::{DriverContext, Result};
 use crate::gpu::Gpu;
 use crate::source::ADAMW;
@@ -175,12 +175,7 @@ pub fn adamw_f32<G: KernelFloat>(
     launch.arg(p).arg(m).arg(v).arg(g);
     launch.arg(&s.decay).arg(&apply).arg(&s.w1).arg(&s.b2).arg(&s.w2);
     launch.arg(&s.step_size).arg(&s.bc2_sqrt).arg(&s.eps).arg(&grad_scale).arg(&n_arg);
-    let cap = gpu.multiprocessors().max(1) as usize * 8;
-    let config = LaunchConfig {
-        grid_dim: (n.div_ceil(BLOCK as usize).clamp(1, cap) as u32, 1, 1),
-        block_dim: (BLOCK, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let config = grid_stride(n.div_ceil(BLOCK as usize), BLOCK, 8, gpu.multiprocessors());
     // SAFETY: (pointer x4, float, int, float x7, u64) matches the kernel; p, m, v and g hold n
     // elements each.
     unsafe { launch.launch(config) }.during(kernel)?;
@@ -225,12 +220,7 @@ pub fn adamw_8bit<G: KernelFloat>(
     launch.arg(&grad_scale).arg(&n_arg);
     // One warp per block of values; the kernel loops over the rest.
     let warps_per_block = BLOCK as usize / 32;
-    let cap = gpu.multiprocessors().max(1) as usize * 8;
-    let config = LaunchConfig {
-        grid_dim: (blocks.div_ceil(warps_per_block).clamp(1, cap) as u32, 1, 1),
-        block_dim: (BLOCK, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let config = grid_stride(blocks.div_ceil(warps_per_block), BLOCK, 8, gpu.multiprocessors());
     // SAFETY: (pointer x7, float x5, int, float, u64) matches the kernel; every buffer's length
     // was checked for n values above.
     unsafe { launch.launch(config) }.during(kernel)?;

@@ -1,9 +1,9 @@
 //! Launcher for `kernels/copy.cu`: copies between two strided views of one shape, moving raw
 //! 2- or 4-byte words (so every dtype of that size shares the kernel).
 
-use cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, DeviceRepr, PushKernelArg};
 
-use super::invalid;
+use super::{grid_stride, invalid};
 use crate::error::{DriverContext, Result};
 use crate::gpu::Gpu;
 use crate::source::COPY;
@@ -93,8 +93,7 @@ pub fn copy_strided<T: DeviceRepr>(
         p.dst_strides[k] = to.strides[k] as u64;
     }
     let function = gpu.kernel(&COPY, kernel)?;
-    let blocks = n.div_ceil(256).clamp(1, gpu.multiprocessors().max(1) as usize * 32) as u32;
-    let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    let cfg = grid_stride(n.div_ceil(256), 256, 32, gpu.multiprocessors());
     let mut launch = gpu.stream().launch_builder(&function);
     launch.arg(src).arg(dst).arg(&p);
     // SAFETY: (pointer, pointer, Strided) matches the kernel, and every index it computes lies

@@ -4,7 +4,7 @@
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 use half::bf16;
 
-use super::{check_len, KernelFloat};
+use super::{check_len, grid_stride, KernelFloat};
 use crate::error::{DriverContext, Result};
 use crate::gpu::Gpu;
 use crate::source::ELEMENTWISE;
@@ -12,17 +12,10 @@ use crate::source::ELEMENTWISE;
 /// Threads per block of the elementwise kernels.
 const BLOCK: u32 = 256;
 
-/// Blocks for `n` elements: one thread per 8 elements, at most 32 blocks per multiprocessor (the
-/// kernels loop over the rest), at least one.
-pub fn grid_dim(n: usize, multiprocessors: u32) -> u32 {
-    let blocks = n.div_ceil(8).div_ceil(BLOCK as usize);
-    let cap = (multiprocessors.max(1) as usize) * 32;
-    blocks.clamp(1, cap) as u32
-}
-
-/// The launch shape for `n` elements on `gpu`.
+/// The launch shape for `n` elements on `gpu`: one thread per 8 elements, at most 32 blocks per
+/// multiprocessor.
 fn config(gpu: &Gpu, n: usize) -> LaunchConfig {
-    LaunchConfig { grid_dim: (grid_dim(n, gpu.multiprocessors()), 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
+    grid_stride(n.div_ceil(8).div_ceil(BLOCK as usize), BLOCK, 32, gpu.multiprocessors())
 }
 
 /// `y = bf16(x)`, rounding to nearest even; `x` and `y` of equal length (zero is a no-op).
@@ -90,19 +83,4 @@ pub fn scale<T: KernelFloat>(gpu: &Gpu, x: &CudaSlice<T>, s: f32, out: &mut Cuda
     // SAFETY: (pointer x2, float, u64) matches the kernel; both buffers hold n elements.
     unsafe { launch.launch(config(gpu, n)) }.during(kernel)?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grid_covers_small_inputs_and_caps_large_ones() {
-        assert_eq!(grid_dim(0, 132), 1);
-        assert_eq!(grid_dim(1, 132), 1);
-        assert_eq!(grid_dim(8 * 256, 132), 1);
-        assert_eq!(grid_dim(8 * 256 + 1, 132), 2);
-        assert_eq!(grid_dim(1 << 30, 132), 132 * 32);
-        assert_eq!(grid_dim(1 << 30, 0), 32);
-    }
 }

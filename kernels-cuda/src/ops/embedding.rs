@@ -7,7 +7,7 @@
 
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
-use super::{check_len, invalid, KernelFloat};
+use super::{check_len, grid_stride, invalid, KernelFloat};
 use crate::error::{DriverContext, Result};
 use crate::gpu::Gpu;
 use crate::source::EMBEDDING;
@@ -31,12 +31,7 @@ fn check_dims(kernel: &str, ids: usize, vocab: usize, hidden: usize) -> Result<u
 }
 
 fn config(gpu: &Gpu, ids: usize, hidden: usize) -> LaunchConfig {
-    let cap = gpu.multiprocessors().max(1) as usize * 64;
-    LaunchConfig {
-        grid_dim: (ids.clamp(1, cap) as u32, 1, 1),
-        block_dim: (block_dim(hidden), 1, 1),
-        shared_mem_bytes: 0,
-    }
+    grid_stride(ids, block_dim(hidden), 64, gpu.multiprocessors())
 }
 
 /// `out[i, :] = table[ids[i], :]`: `table` holds `vocab * hidden` elements, `out`

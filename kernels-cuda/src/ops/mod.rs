@@ -60,6 +60,14 @@ impl KernelFloat for bf16 {
     const DTYPE: Dtype = Dtype::Bf16;
 }
 
+/// The 1-D launch of a grid-stride kernel: `blocks` blocks of `threads`, but at most
+/// `per_multiprocessor` blocks per multiprocessor (the kernel loops over the rest) and at least
+/// one.
+fn grid_stride(blocks: usize, threads: u32, per_multiprocessor: usize, multiprocessors: u32) -> LaunchConfig {
+    let cap = multiprocessors.max(1) as usize * per_multiprocessor;
+    LaunchConfig { grid_dim: (blocks.clamp(1, cap) as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
+}
+
 /// An [`Error::InvalidArgument`] for `kernel`.
 fn invalid(kernel: &str, message: String) -> Error {
     Error::InvalidArgument { kernel: kernel.to_string(), message }
@@ -115,4 +123,19 @@ fn allow_shared_memory(function: &CudaFunction, bytes: usize, force: bool) -> Re
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grid_stride_covers_small_work_and_caps_large() {
+        let blocks = |n, per, sms| grid_stride(n, 256, per, sms).grid_dim.0;
+        assert_eq!(blocks(0, 32, 132), 1);
+        assert_eq!(blocks(2, 32, 132), 2);
+        assert_eq!(blocks(1 << 30, 32, 132), 132 * 32);
+        assert_eq!(blocks(1 << 30, 8, 0), 8);
+        assert_eq!(grid_stride(5, 128, 8, 132).block_dim, (128, 1, 1));
+    }
 }

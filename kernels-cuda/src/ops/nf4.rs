@@ -10,7 +10,7 @@
 
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
-use super::{check_len, invalid, launch_with_shared_memory, KernelFloat};
+use super::{check_len, grid_stride, invalid, launch_with_shared_memory, KernelFloat};
 use crate::error::{DriverContext, Result};
 use crate::gpu::Gpu;
 use crate::source::NF4;
@@ -118,12 +118,7 @@ pub fn nf4_quantize<T: KernelFloat>(
     launch.arg(w).arg(&n_arg).arg(packed).arg(absmax);
     // One warp per 64-value block, 8 warps per thread block; the kernel loops over the rest.
     let warps = 8usize;
-    let cap = gpu.multiprocessors().max(1) as usize * 16;
-    let config = LaunchConfig {
-        grid_dim: (blocks.div_ceil(warps).clamp(1, cap) as u32, 1, 1),
-        block_dim: (32 * warps as u32, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let config = grid_stride(blocks.div_ceil(warps), 32 * warps as u32, 16, gpu.multiprocessors());
     // SAFETY: (pointer, u64, pointer, pointer) matches the kernel; w holds n values, packed
     // ceil(n / 2) bytes and absmax one value per 64-value block (checked above).
     unsafe { launch.launch(config) }.during(kernel)?;
@@ -143,12 +138,7 @@ pub fn nf4_dequantize<T: KernelFloat>(gpu: &Gpu, w: &Nf4Weights, out: &mut CudaS
     launch.arg(out).arg(&n_arg);
     // One thread per packed 4-byte word (8 values), at most 8 blocks of 256 per multiprocessor
     // (a full one; the kernel loops over the rest).
-    let cap = gpu.multiprocessors().max(1) as usize * 8;
-    let config = LaunchConfig {
-        grid_dim: (n.div_ceil(8).div_ceil(DEQUANT_THREADS).clamp(1, cap) as u32, 1, 1),
-        block_dim: (DEQUANT_THREADS as u32, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let config = grid_stride(n.div_ceil(8).div_ceil(DEQUANT_THREADS), DEQUANT_THREADS as u32, 8, gpu.multiprocessors());
     // SAFETY: (pointer x3 or null, pointer, float, pointer, pointer, u64) matches the kernel;
     // every buffer's length was checked for n values, and the kernel reads the plain absmax or
     // the double-quantized one, whichever is not null.

@@ -12,7 +12,7 @@ use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 use half::bf16;
 
 use super::nf4::{Nf4Absmax, Nf4Weights, NF4_BLOCK};
-use super::{check_len, invalid, launch_with_shared_memory};
+use super::{check_len, grid_stride, invalid, launch_with_shared_memory};
 use crate::error::{DriverContext, Result};
 use crate::gpu::Gpu;
 use crate::source::NF4_GEMM;
@@ -188,12 +188,7 @@ fn reduce(gpu: &Gpu, ws: &CudaSlice<f32>, c: &mut CudaSlice<bf16>, splits: usize
     let n = len as u64;
     let mut launch = gpu.stream().launch_builder(&function);
     launch.arg(ws).arg(c).arg(&n).arg(&splits_arg);
-    let cap = gpu.multiprocessors().max(1) as usize * 8;
-    let config = LaunchConfig {
-        grid_dim: (len.div_ceil(THREADS).clamp(1, cap) as u32, 1, 1),
-        block_dim: (THREADS as u32, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let config = grid_stride(len.div_ceil(THREADS), THREADS as u32, 8, gpu.multiprocessors());
     // SAFETY: (pointer, pointer, u64, int) matches the kernel; the workspace holds splits * n
     // values (checked by the caller) and c holds n.
     unsafe { launch.launch(config) }.during(kernel)?;

@@ -7,9 +7,9 @@
 //! The tables are f32 `[max_positions, d/2]`, as [`rope_table`] builds them; token `i` of every
 //! sequence sits at `positions[i]` (u32). A position beyond the table fills its rows with NaN.
 
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, PushKernelArg};
 
-use super::{check_len, invalid, KernelFloat};
+use super::{check_len, grid_stride, invalid, KernelFloat};
 use crate::error::{DriverContext, Result};
 use crate::gpu::Gpu;
 use crate::source::ROPE;
@@ -100,12 +100,6 @@ pub fn rope_bwd<T: KernelFloat>(
     launch(gpu, kernel, dx, cos, sin, positions, shape)
 }
 
-/// Blocks for `items` work items: at most 32 per multiprocessor (the kernel loops), at least 1.
-fn grid(items: usize, multiprocessors: u32) -> u32 {
-    let cap = multiprocessors.max(1) as usize * 32;
-    items.div_ceil(BLOCK as usize).clamp(1, cap) as u32
-}
-
 fn launch<T: KernelFloat>(
     gpu: &Gpu,
     kernel: &'static str,
@@ -148,11 +142,8 @@ fn launch<T: KernelFloat>(
     let (seq, inner, half_arg, max_pos) = (shape.seq as i32, inner as i32, half as i32, max_pos as i32);
     let mut launch = gpu.stream().launch_builder(&function);
     launch.arg(x).arg(cos).arg(sin).arg(positions).arg(&rows).arg(&seq).arg(&inner).arg(&half_arg).arg(&max_pos);
-    let config = LaunchConfig {
-        grid_dim: (grid(n / 2, gpu.multiprocessors()), 1, 1),
-        block_dim: (BLOCK, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    // One thread per rotated pair, at most 32 blocks per multiprocessor.
+    let config = grid_stride((n / 2).div_ceil(BLOCK as usize), BLOCK, 32, gpu.multiprocessors());
     // SAFETY: the arguments match the kernel's signature (4 pointers, u64, 4 ints); x holds the
     // rows * head_dim elements, positions `seq`, the tables max_pos * half each (checked above);
     // positions are bounds-checked in the kernel.
@@ -177,11 +168,8 @@ mod tests {
     }
 
     #[test]
-    fn shape_numel_and_grid() {
+    fn shape_numel() {
         assert_eq!(RopeShape::bhtd(2, 3, 5, 8).numel(), Some(240));
         assert_eq!(RopeShape::bhtd(usize::MAX, 2, 1, 2).numel(), None);
-        assert_eq!(grid(0, 132), 1);
-        assert_eq!(grid(257, 132), 2);
-        assert_eq!(grid(1 << 30, 132), 132 * 32);
     }
 }

@@ -8,7 +8,7 @@
 
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
-use super::{check_len, KernelFloat};
+use super::{check_len, grid_stride, KernelFloat};
 use crate::error::{DriverContext, Result};
 use crate::gpu::Gpu;
 use crate::source::SWIGLU;
@@ -19,9 +19,7 @@ const BLOCK: u32 = 256;
 /// The launch shape for `n` elements: one thread per 8, at most 32 blocks per multiprocessor
 /// (the kernels loop), at least one block.
 fn config(gpu: &Gpu, n: usize) -> LaunchConfig {
-    let cap = gpu.multiprocessors().max(1) as usize * 32;
-    let blocks = n.div_ceil(8).div_ceil(BLOCK as usize).clamp(1, cap);
-    LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
+    grid_stride(n.div_ceil(8).div_ceil(BLOCK as usize), BLOCK, 32, gpu.multiprocessors())
 }
 
 /// `out = silu(gate) * up`; all three of equal length (zero is a no-op).
