@@ -223,7 +223,10 @@ impl CudaStorage {
         Ok(CudaStorage::tracked(buf, dev))
     }
 
-    /// `n` elements of `dtype` on `dev`, not initialized (for buffers a copy fills at once).
+    /// `n` elements of `dtype` on `dev`, not initialized: for outputs that a kernel, cuBLAS
+    /// (beta = 0) or a copy writes in full before anything reads them (the kernels' GPU tests
+    /// poison their outputs with NaN to check that every element is written). Skips the memset
+    /// that [`CudaStorage::zeros`] costs.
     pub(crate) fn uninit(dtype: DType, n: usize, dev: &Arc<CudaDevice>) -> Result<CudaStorage> {
         let s = dev.gpu.stream();
         // SAFETY: callers overwrite every element before any kernel reads the buffer.

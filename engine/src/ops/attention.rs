@@ -191,8 +191,8 @@ fn cuda_fwd(q: &Tensor, k: &Tensor, v: &Tensor, dims: &Dims) -> Result<(Tensor, 
     let (gq, gk, gv) = (q.cuda_storage()?, k.cuda_storage()?, v.cuda_storage()?);
     let (sq, sk, sv) = (cuda::cs(&gq), cuda::cs(&gk), cuda::cs(&gv));
     let kd = kernel_dims(dims);
-    let mut o = CudaStorage::zeros(sq.dtype(), q.elem_count(), &sq.dev)?;
-    let mut lse = CudaStorage::zeros(DType::F32, kd.lse_elems(), &sq.dev)?;
+    let mut o = CudaStorage::uninit(sq.dtype(), q.elem_count(), &sq.dev)?;
+    let mut lse = CudaStorage::uninit(DType::F32, kd.lse_elems(), &sq.dev)?;
     let CudaBuf::F32(l) = &mut lse.buf else { unreachable!("allocated as f32") };
     let g = &sq.dev.gpu;
     let r = cuda::cuda_float!("attention"; a = &sq.buf, b = &sk.buf, c = &sv.buf, out = &mut o.buf
@@ -214,11 +214,11 @@ fn cuda_bwd(saved: &AttentionBackward, g: &Tensor) -> Result<(Tensor, Tensor, Te
         DType::BF16 => kernels::attention_bwd_workspace_len::<half::bf16>(&kd),
         _ => kernels::attention_bwd_workspace_len::<f32>(&kd),
     };
-    let mut work = CudaStorage::zeros(DType::F32, work_len, dev)?;
+    let mut work = CudaStorage::uninit(DType::F32, work_len, dev)?;
     let CudaBuf::F32(w) = &mut work.buf else { unreachable!("allocated as f32") };
-    let mut dq = CudaStorage::zeros(q.dtype(), q.elem_count(), dev)?;
-    let mut dk = CudaStorage::zeros(q.dtype(), k.elem_count(), dev)?;
-    let mut dv = CudaStorage::zeros(q.dtype(), v.elem_count(), dev)?;
+    let mut dq = CudaStorage::uninit(q.dtype(), q.elem_count(), dev)?;
+    let mut dk = CudaStorage::uninit(q.dtype(), k.elem_count(), dev)?;
+    let mut dv = CudaStorage::uninit(q.dtype(), v.elem_count(), dev)?;
     let r = cuda::cuda_float!("attention backward";
         a = &sq.buf, b = &sk.buf, c = &sv.buf, oo = &so.buf, gg = &sd.buf, x = &mut dq.buf, y = &mut dk.buf, z = &mut dv.buf
         => kernels::attention_bwd(&dev.gpu, &kd, a, b, c, oo, lse, gg, None, x, y, z, w));

@@ -124,8 +124,8 @@ fn cuda_fwd(logits: &Tensor, labels: &[i32], count: usize) -> Result<(Tensor, Te
     let (rows, vocab) = (logits.dim(0), logits.dim(1));
     let dev = &sl.dev;
     let dev_labels = cuda::upload(dev, labels)?;
-    let mut loss = CudaStorage::zeros(DType::F32, rows, dev)?;
-    let mut lse = CudaStorage::zeros(DType::F32, rows, dev)?;
+    let mut loss = CudaStorage::uninit(DType::F32, rows, dev)?;
+    let mut lse = CudaStorage::uninit(DType::F32, rows, dev)?;
     let (CudaBuf::F32(lo), CudaBuf::F32(ls)) = (&mut loss.buf, &mut lse.buf) else { unreachable!("allocated as f32") };
     let r = cuda::cuda_float!("cross_entropy"; x = &sl.buf => kernels::cross_entropy_fwd(&dev.gpu, x, &dev_labels, lo, ls, rows, vocab));
     r.map_err(|e| cuda::err("cross_entropy", e))?;

@@ -43,7 +43,7 @@ fn add_cuda(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let (a, b) = (dense(a)?, dense(b)?);
     let (ga, gb) = (a.storage(), b.storage());
     let (Storage::Cuda(sa), Storage::Cuda(sb)) = (&*ga, &*gb) else { unreachable!("device checked") };
-    let mut out = CudaStorage::zeros(sa.dtype(), a.elem_count(), &sa.dev)?;
+    let mut out = CudaStorage::uninit(sa.dtype(), a.elem_count(), &sa.dev)?;
     let g = &sa.dev.gpu;
     match (&sa.buf, &sb.buf, &mut out.buf) {
         (CudaBuf::F32(x), CudaBuf::F32(y), CudaBuf::F32(z)) => kernels::add(g, x, y, z),
@@ -117,7 +117,7 @@ pub fn scale(x: &Tensor, s: f64) -> Result<Tensor> {
         let x = dense(x)?;
         let gx = x.cuda_storage()?;
         let sx = cuda::cs(&gx);
-        let mut out = CudaStorage::zeros(sx.dtype(), x.elem_count(), &sx.dev)?;
+        let mut out = CudaStorage::uninit(sx.dtype(), x.elem_count(), &sx.dev)?;
         let r =
             cuda::cuda_float!("scale"; a = &sx.buf, o = &mut out.buf => kernels::scale(&sx.dev.gpu, a, s as f32, o));
         r.map_err(|e| cuda::err("scale", e))?;
@@ -160,7 +160,7 @@ fn cast_cuda(x: &Tensor, dtype: DType) -> Result<Tensor> {
     let x = dense(x)?;
     let gx = x.storage();
     let Storage::Cuda(sx) = &*gx else { unreachable!("cuda tensor") };
-    let mut out = CudaStorage::zeros(dtype, x.elem_count(), &sx.dev)?;
+    let mut out = CudaStorage::uninit(dtype, x.elem_count(), &sx.dev)?;
     let g = &sx.dev.gpu;
     match (&sx.buf, &mut out.buf) {
         (CudaBuf::F32(a), CudaBuf::BF16(b)) => kernels::cast_f32_to_bf16(g, a, b),

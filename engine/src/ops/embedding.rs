@@ -93,7 +93,7 @@ fn cuda_fwd(ids: &[u32], table: &Tensor, shape: &[usize]) -> Result<Tensor> {
     let st = cuda::cs(&gt);
     let (vocab, h) = (table.dim(0), table.dim(1));
     let dev_ids = cuda::upload(&st.dev, ids)?;
-    let mut out = CudaStorage::zeros(st.dtype(), ids.len() * h, &st.dev)?;
+    let mut out = CudaStorage::uninit(st.dtype(), ids.len() * h, &st.dev)?;
     let r = cuda::cuda_float!("embedding"; t = &st.buf, o = &mut out.buf
         => kernels::embedding_fwd(&st.dev.gpu, &dev_ids, t, o, vocab, h));
     r.map_err(|e| cuda::err("embedding", e))?;

@@ -173,7 +173,7 @@ impl DeviceNf4 {
     }
 
     fn dequantize(&self, dtype: DType) -> Result<Tensor> {
-        let mut out = CudaStorage::zeros(dtype, self.rows * self.cols, &self.dev)?;
+        let mut out = CudaStorage::uninit(dtype, self.rows * self.cols, &self.dev)?;
         let g = &self.dev.gpu;
         let r = match &mut out.buf {
             CudaBuf::F32(o) => kernels::nf4_dequantize(g, &self.view(), o),
@@ -190,7 +190,7 @@ impl DeviceNf4 {
         let m = x.dim(0);
         let gx = x.cuda_storage()?;
         let sx = cuda::cs(&gx);
-        let mut y = CudaStorage::zeros(x.dtype(), m * self.rows, &self.dev)?;
+        let mut y = CudaStorage::uninit(x.dtype(), m * self.rows, &self.dev)?;
         let w = self.view();
         let r = cuda::cuda_float!("nf4 gemv"; a = &sx.buf, o = &mut y.buf
             => kernels::nf4_gemv(&self.dev.gpu, a, &w, o, m, self.rows, self.cols));

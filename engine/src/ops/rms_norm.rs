@@ -112,8 +112,8 @@ fn cuda_fwd(x: &Tensor, w: &Tensor, rows: usize, h: usize, eps: f64) -> Result<(
     let (Storage::Cuda(sx), Storage::Cuda(sw)) = (&*gx, &*gw) else {
         return Err(Error::DeviceMismatch { op: "rms_norm", a: x.device(), b: w.device() });
     };
-    let mut y = CudaStorage::zeros(sx.dtype(), x.elem_count(), &sx.dev)?;
-    let mut rstd = CudaStorage::zeros(DType::F32, rows, &sx.dev)?;
+    let mut y = CudaStorage::uninit(sx.dtype(), x.elem_count(), &sx.dev)?;
+    let mut rstd = CudaStorage::uninit(DType::F32, rows, &sx.dev)?;
     let (g, eps) = (&sx.dev.gpu, eps as f32);
     let CudaBuf::F32(r) = &mut rstd.buf else { unreachable!("allocated as f32") };
     match (&sx.buf, &sw.buf, &mut y.buf) {
@@ -134,7 +134,7 @@ fn cuda_bwd(x: &Tensor, w: &Tensor, rstd: &Tensor, dy: &Tensor, h: usize) -> Res
     };
     let CudaBuf::F32(r) = &sr.buf else { unreachable!("rstd is f32") };
     let rows = x.elem_count() / h;
-    let mut dx = CudaStorage::zeros(sx.dtype(), x.elem_count(), &sx.dev)?;
+    let mut dx = CudaStorage::uninit(sx.dtype(), x.elem_count(), &sx.dev)?;
     let g = &sx.dev.gpu;
     match (&sx.buf, &sw.buf, &sd.buf, &mut dx.buf) {
         (CudaBuf::F32(a), CudaBuf::F32(b), CudaBuf::F32(d), CudaBuf::F32(o)) => {

@@ -77,7 +77,7 @@ fn cuda_fwd(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     let (gate, up) = (dense(gate)?, dense(up)?);
     let (gg, gu) = (gate.cuda_storage()?, up.cuda_storage()?);
     let (sg, su) = (cs(&gg), cs(&gu));
-    let mut out = CudaStorage::zeros(sg.dtype(), gate.elem_count(), &sg.dev)?;
+    let mut out = CudaStorage::uninit(sg.dtype(), gate.elem_count(), &sg.dev)?;
     let r =
         cuda_float!("swiglu"; a = &sg.buf, b = &su.buf, o = &mut out.buf => kernels::swiglu_fwd(&sg.dev.gpu, a, b, o));
     r.map_err(|e| cuda::err("swiglu", e))?;
@@ -89,8 +89,8 @@ fn cuda_bwd(gate: &Tensor, up: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)>
     let (gg, gu, gd) = (gate.cuda_storage()?, up.cuda_storage()?, dy.cuda_storage()?);
     let (sg, su, sd) = (cs(&gg), cs(&gu), cs(&gd));
     let n = gate.elem_count();
-    let mut dgate = CudaStorage::zeros(sg.dtype(), n, &sg.dev)?;
-    let mut dup = CudaStorage::zeros(sg.dtype(), n, &sg.dev)?;
+    let mut dgate = CudaStorage::uninit(sg.dtype(), n, &sg.dev)?;
+    let mut dup = CudaStorage::uninit(sg.dtype(), n, &sg.dev)?;
     let r = cuda_float!("swiglu backward"; a = &sg.buf, b = &su.buf, d = &sd.buf, x = &mut dgate.buf, y = &mut dup.buf
         => kernels::swiglu_bwd(&sg.dev.gpu, a, b, d, x, y));
     r.map_err(|e| cuda::err("swiglu backward", e))?;

@@ -36,7 +36,7 @@ fn copy_values(x: &Tensor) -> Result<Storage> {
     Ok(match &*guard {
         Storage::Cpu(s) => Storage::Cpu(s.select(x.layout())),
         Storage::Cuda(s) => {
-            let mut out = CudaStorage::zeros(s.dtype(), x.elem_count(), &s.dev)?;
+            let mut out = CudaStorage::uninit(s.dtype(), x.elem_count(), &s.dev)?;
             s.copy_into(x.layout(), &mut out, &Layout::contiguous(x.shape()))?;
             Storage::Cuda(out)
         }

@@ -54,7 +54,7 @@ pub(super) fn gemm(a: &Tensor, b: &Tensor, d: &Dims) -> Result<CudaStorage> {
     let (Storage::Cuda(sa), Storage::Cuda(sb)) = (&*ga, &*gb) else {
         return Err(Error::DeviceMismatch { op: "matmul", a: a.device(), b: b.device() });
     };
-    let mut out = CudaStorage::zeros(sa.dtype(), d.batch * d.m * d.n, &sa.dev)?;
+    let mut out = CudaStorage::uninit(sa.dtype(), d.batch * d.m * d.n, &sa.dev)?;
     match (&sa.buf, &sb.buf, &mut out.buf) {
         (CudaBuf::F32(x), CudaBuf::F32(y), CudaBuf::F32(z)) => launch(sa, x, &oa, y, &ob, z, d, 1.0f32, 0.0)?,
         (CudaBuf::BF16(x), CudaBuf::BF16(y), CudaBuf::BF16(z)) => {
