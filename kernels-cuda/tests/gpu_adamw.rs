@@ -9,7 +9,6 @@
 //! - On a small quadratic problem, the 8-bit trajectory stays close to the f32 one.
 
 use engine::quant::dynamic_map::{quantize_2d, signed_map, unsigned_map};
-use std::sync::OnceLock;
 
 use kernels_cuda::cudarc::driver::{CudaSlice, DeviceRepr};
 use kernels_cuda::ops::adamw::{
@@ -17,75 +16,23 @@ use kernels_cuda::ops::adamw::{
 };
 use kernels_cuda::{bf16, Error, Gpu, KernelFloat};
 
-fn gpu() -> Option<&'static Gpu> {
-    static GPU: OnceLock<Result<Gpu, String>> = OnceLock::new();
-    let opened = GPU.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("ferrotune-gpu-adamw-{}", std::process::id())).join("kernels");
-        match Gpu::with_cache_dir(0, Some(dir)) {
-            Ok(gpu) => Ok(gpu),
-            Err(e @ (Error::LibraryNotFound { .. } | Error::NoDevice { .. })) => Err(e.to_string()),
-            Err(e) => panic!("libcuda is present but opening device 0 failed: {e}"),
-        }
-    });
-    match opened {
-        Ok(gpu) => Some(gpu),
-        Err(reason) => {
-            println!("skipped: no CUDA device ({reason})");
-            None
-        }
-    }
-}
+mod common;
+use common::*;
 
-/// SplitMix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
-        let unit = (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
-        lo + (hi - lo) * unit
-    }
-
-    fn normal(&mut self) -> f32 {
-        let u = ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-        let v = ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-        ((-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()) as f32
-    }
-
-    /// Gradient-like values: N(0, 0.1), every 97th times 100, every 89th times 1e-3.
-    fn grads(&mut self, n: usize) -> Vec<f32> {
-        (0..n)
-            .map(|i| {
-                let g = self.normal() * 0.1;
-                if i % 97 == 13 {
-                    g * 100.0
-                } else if i % 89 == 7 {
-                    g * 1e-3
-                } else {
-                    g
-                }
-            })
-            .collect()
-    }
-}
-
-fn upload<T: DeviceRepr>(gpu: &Gpu, v: &[T]) -> CudaSlice<T> {
-    gpu.stream().clone_htod(v).unwrap_or_else(|e| panic!("upload of {} elements: {e}", v.len()))
-}
-
-fn download<T: DeviceRepr>(gpu: &Gpu, d: &CudaSlice<T>) -> Vec<T> {
-    gpu.stream().clone_dtoh(d).unwrap_or_else(|e| panic!("download of {} elements: {e}", d.len()))
-}
-
-fn sync(gpu: &Gpu, what: &str) {
-    gpu.synchronize().unwrap_or_else(|e| panic!("{what}: kernel: {e}"));
+/// Gradient-like values: N(0, 0.1), every 97th times 100, every 89th times 1e-3.
+fn grads(rng: &mut Rng, n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|i| {
+            let g = rng.normal() * 0.1;
+            if i % 97 == 13 {
+                g * 100.0
+            } else if i % 89 == 7 {
+                g * 1e-3
+            } else {
+                g
+            }
+        })
+        .collect()
 }
 
 /// A gradient dtype of the tests.
@@ -189,7 +136,7 @@ fn check_adamw_f32<G: Grad>(gpu: &Gpu, seed: u64) {
                 eps: 1e-8,
                 weight_decay: wd,
             };
-            let g: Vec<G> = rng.grads(n).into_iter().map(G::from_f32).collect();
+            let g: Vec<G> = grads(&mut rng, n).into_iter().map(G::from_f32).collect();
             adamw_f32(gpu, &mut d_p, &mut d_m, &mut d_v, &upload(gpu, &g), &h, step, scale)
                 .unwrap_or_else(|e| panic!("{what}: {e}"));
             sync(gpu, &what);
@@ -338,7 +285,7 @@ fn check_adamw_8bit<G: Grad>(gpu: &Gpu, seed: u64) {
                 eps: 1e-8,
                 weight_decay: wd,
             };
-            let mut g32 = rng.grads(n);
+            let mut g32 = grads(&mut rng, n);
             if n > 300 {
                 // Non-finite gradients: the parameter stays, the moments are zeroed.
                 g32[3] = f32::NAN;

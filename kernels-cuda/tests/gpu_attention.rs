@@ -15,107 +15,33 @@
 //!   1e-4 for f32; `-inf` (a row that sees no key) must be exactly `-inf`.
 //! - f32 outputs: atol 1e-4, rtol 1e-4 (f32 sums of up to ~1000 terms of exp-weighted products).
 
-use std::sync::OnceLock;
-
 use kernels_cuda::cudarc::driver::sys::CUevent_flags;
-use kernels_cuda::cudarc::driver::CudaSlice;
 use kernels_cuda::ops::attention::{attention_bwd, attention_bwd_workspace_len, attention_fwd, AttentionDims};
-use kernels_cuda::{bf16, Error, Gpu, KernelFloat};
+use kernels_cuda::{bf16, Error, Gpu};
 
-// ---------------------------------------------------------------------------------------------
-// Device, inputs, comparisons
+mod common;
+use common::*;
 
-fn gpu() -> Option<&'static Gpu> {
-    static GPU: OnceLock<Result<Gpu, String>> = OnceLock::new();
-    let dir = std::env::temp_dir().join(format!("ferrotune-gpu-attention-{}", std::process::id())).join("kernels");
-    let opened = GPU.get_or_init(|| match Gpu::with_cache_dir(0, Some(dir)) {
-        Ok(gpu) => Ok(gpu),
-        Err(e @ (Error::LibraryNotFound { .. } | Error::NoDevice { .. })) => Err(e.to_string()),
-        Err(e) => panic!("libcuda is present but opening device 0 failed: {e}"),
-    });
-    match opened {
-        Ok(gpu) => Some(gpu),
-        Err(reason) => {
-            println!("skipped: no CUDA device ({reason})");
-            None
-        }
-    }
-}
-
-/// SplitMix64, so every run sees the same inputs.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// `n` values uniform in [-1, 1).
-    fn vec(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0).collect()
-    }
-}
-
-trait TestFloat: KernelFloat + std::fmt::Debug {
-    const NAME: &'static str;
+/// The attention tests' tolerances per storage type.
+trait AttnFloat: TestFloat {
     /// Tolerance of o, dq, dk, dv.
     const TOL: f64;
     /// Tolerance of lse.
     const LSE_TOL: f64;
-    const NAN: Self;
-    fn from_f32(v: f32) -> Self;
-    fn to_f64(self) -> f64;
 }
 
-impl TestFloat for f32 {
-    const NAME: &'static str = "f32";
+impl AttnFloat for f32 {
     const TOL: f64 = 1e-4;
     const LSE_TOL: f64 = 1e-4;
-    const NAN: Self = f32::NAN;
-    fn from_f32(v: f32) -> Self {
-        v
-    }
-    fn to_f64(self) -> f64 {
-        self as f64
-    }
 }
 
-impl TestFloat for bf16 {
-    const NAME: &'static str = "bf16";
+impl AttnFloat for bf16 {
     const TOL: f64 = 2e-2;
     const LSE_TOL: f64 = 1e-3;
-    const NAN: Self = bf16::NAN;
-    fn from_f32(v: f32) -> Self {
-        bf16::from_f32(v)
-    }
-    fn to_f64(self) -> f64 {
-        self.to_f64()
-    }
 }
 
-fn cast<T: TestFloat>(v: &[f32]) -> Vec<T> {
-    v.iter().map(|&x| T::from_f32(x)).collect()
-}
-
-fn widen<T: TestFloat>(v: &[T]) -> Vec<f64> {
-    v.iter().map(|&x| x.to_f64()).collect()
-}
-
-fn upload<T: kernels_cuda::cudarc::driver::DeviceRepr>(gpu: &Gpu, v: &[T]) -> CudaSlice<T> {
-    gpu.stream().clone_htod(v).expect("upload")
-}
-
-fn poisoned<T: TestFloat>(gpu: &Gpu, n: usize) -> CudaSlice<T> {
-    upload(gpu, &vec![T::NAN; n])
-}
-
-fn download<T: kernels_cuda::cudarc::driver::DeviceRepr>(gpu: &Gpu, d: &CudaSlice<T>) -> Vec<T> {
-    gpu.stream().clone_dtoh(d).expect("download")
-}
+// ---------------------------------------------------------------------------------------------
+// Comparisons
 
 /// `Ok(summary)` when `|got - want| <= atol + rtol*|want|` everywhere (NaN fails; a `-inf` want
 /// needs a `-inf`), else `Err` listing the first failures as (row, column) of a `width`-wide
@@ -269,15 +195,15 @@ fn dims_of(&(b, hq, hkv, t, s, d): &Shape) -> AttentionDims {
 
 /// Forward and backward of every case, with and without key lengths; panics at the end listing
 /// every comparison that failed.
-fn check_attention<T: TestFloat>(gpu: &Gpu, seed: u64) {
+fn check_attention<T: AttnFloat>(gpu: &Gpu, seed: u64) {
     let mut rng = Rng(seed);
     let mut failures = Vec::new();
     for (shape, case_lens) in CASES {
         let dims = dims_of(shape);
-        let q: Vec<T> = cast(&rng.vec(dims.q_elems()));
-        let k: Vec<T> = cast(&rng.vec(dims.kv_elems()));
-        let v: Vec<T> = cast(&rng.vec(dims.kv_elems()));
-        let go: Vec<T> = cast(&rng.vec(dims.q_elems()));
+        let q: Vec<T> = to_dtype(&rng.vec(dims.q_elems(), -1.0, 1.0));
+        let k: Vec<T> = to_dtype(&rng.vec(dims.kv_elems(), -1.0, 1.0));
+        let v: Vec<T> = to_dtype(&rng.vec(dims.kv_elems(), -1.0, 1.0));
+        let go: Vec<T> = to_dtype(&rng.vec(dims.q_elems(), -1.0, 1.0));
         let (qf, kf, vf, gof) = (widen(&q), widen(&k), widen(&v), widen(&go));
         let (d_q, d_k, d_v, d_go) = (upload(gpu, &q), upload(gpu, &k), upload(gpu, &v), upload(gpu, &go));
         for lens in [None, Some(*case_lens)] {
@@ -419,10 +345,10 @@ fn cuda_attention_throughput() {
     for d in [128, 64] {
         let dims = dims_of(&(2, 32, 8, 2048, 2048, d));
         let mut rng = Rng(13);
-        let q: Vec<bf16> = cast(&rng.vec(dims.q_elems()));
-        let k: Vec<bf16> = cast(&rng.vec(dims.kv_elems()));
-        let v: Vec<bf16> = cast(&rng.vec(dims.kv_elems()));
-        let go: Vec<bf16> = cast(&rng.vec(dims.q_elems()));
+        let q: Vec<bf16> = to_dtype(&rng.vec(dims.q_elems(), -1.0, 1.0));
+        let k: Vec<bf16> = to_dtype(&rng.vec(dims.kv_elems(), -1.0, 1.0));
+        let v: Vec<bf16> = to_dtype(&rng.vec(dims.kv_elems(), -1.0, 1.0));
+        let go: Vec<bf16> = to_dtype(&rng.vec(dims.q_elems(), -1.0, 1.0));
         let (d_q, d_k, d_v, d_go) = (upload(gpu, &q), upload(gpu, &k), upload(gpu, &v), upload(gpu, &go));
         let mut d_o = poisoned::<bf16>(gpu, dims.q_elems());
         let mut d_lse = poisoned::<f32>(gpu, dims.lse_elems());

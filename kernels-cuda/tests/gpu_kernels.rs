@@ -11,16 +11,17 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Instant;
 
 use kernels_cuda::compile::{self, CacheSource};
 use kernels_cuda::cudarc::driver::sys::CUevent_flags;
-use kernels_cuda::cudarc::driver::CudaSlice;
 use kernels_cuda::ops::elementwise::{add, cast_bf16_to_f32, cast_f32_to_bf16};
 use kernels_cuda::ops::rms_norm::{rms_norm_bwd, rms_norm_fwd};
 use kernels_cuda::source::{KernelModule, MODULES};
-use kernels_cuda::{bf16, cache_stats, probe, CudaLibrary, Error, Gpu, KernelFloat};
+use kernels_cuda::{bf16, cache_stats, probe, CudaLibrary, Error, Gpu};
+
+mod common;
+use common::*;
 
 /// (rows, width) of every correctness test.
 const SHAPES: &[(usize, usize)] = &[(1, 1), (3, 7), (17, 576), (64, 4096), (5, 4097)];
@@ -32,30 +33,7 @@ const EPS: f32 = 1e-5;
 const CHILD_ENV: &str = "FERROTUNE_TEST_CACHE_CHILD";
 
 // ---------------------------------------------------------------------------------------------
-// Opening the device
-
-/// A per-process kernel cache directory, so tests never share files with other runs.
-fn test_cache_dir() -> PathBuf {
-    std::env::temp_dir().join(format!("ferrotune-gpu-tests-{}", std::process::id())).join("kernels")
-}
-
-/// The device shared by the tests of this process, or `None` (with a printed reason) when there
-/// is no libcuda or no device. Any other error opening it fails the test.
-fn gpu() -> Option<&'static Gpu> {
-    static GPU: OnceLock<Result<Gpu, String>> = OnceLock::new();
-    let opened = GPU.get_or_init(|| match Gpu::with_cache_dir(0, Some(test_cache_dir())) {
-        Ok(gpu) => Ok(gpu),
-        Err(e @ (Error::LibraryNotFound { .. } | Error::NoDevice { .. })) => Err(e.to_string()),
-        Err(e) => panic!("libcuda is present but opening device 0 failed: {e}"),
-    });
-    match opened {
-        Ok(gpu) => Some(gpu),
-        Err(reason) => {
-            println!("skipped: no CUDA device ({reason})");
-            None
-        }
-    }
-}
+// The device (opened in common/)
 
 /// The architecture to compile for when only NVRTC is needed: the device's when there is one,
 /// else `sm_90`; `None` (with a printed reason) without libnvrtc.
@@ -73,91 +51,7 @@ fn nvrtc_arch() -> Option<String> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Inputs, references and comparisons
-
-/// SplitMix64: a small seeded generator, so every run sees the same inputs.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [lo, hi).
-    fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
-        let unit = (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
-        lo + (hi - lo) * unit
-    }
-
-    fn vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
-        (0..n).map(|_| self.uniform(lo, hi)).collect()
-    }
-}
-
-/// What the tests need of a storage type beyond [`KernelFloat`].
-trait TestFloat: KernelFloat + std::fmt::Debug {
-    const NAME: &'static str;
-    const ATOL: f64;
-    const RTOL: f64;
-    const NAN: Self;
-    fn from_f32(v: f32) -> Self;
-    fn to_f64(self) -> f64;
-}
-
-impl TestFloat for f32 {
-    const NAME: &'static str = "f32";
-    const ATOL: f64 = 1e-5;
-    const RTOL: f64 = 1e-5;
-    const NAN: Self = f32::NAN;
-    fn from_f32(v: f32) -> Self {
-        v
-    }
-    fn to_f64(self) -> f64 {
-        self as f64
-    }
-}
-
-impl TestFloat for bf16 {
-    const NAME: &'static str = "bf16";
-    const ATOL: f64 = 1e-2;
-    const RTOL: f64 = 1e-2;
-    const NAN: Self = bf16::NAN;
-    fn from_f32(v: f32) -> Self {
-        bf16::from_f32(v)
-    }
-    fn to_f64(self) -> f64 {
-        self.to_f64()
-    }
-}
-
-fn to_dtype<T: TestFloat>(v: &[f32]) -> Vec<T> {
-    v.iter().map(|&x| T::from_f32(x)).collect()
-}
-
-fn widen<T: TestFloat>(v: &[T]) -> Vec<f64> {
-    v.iter().map(|&x| x.to_f64()).collect()
-}
-
-fn upload<T: TestFloat>(gpu: &Gpu, v: &[T]) -> CudaSlice<T> {
-    gpu.stream().clone_htod(v).unwrap_or_else(|e| panic!("upload of {} {}: {e}", v.len(), T::NAME))
-}
-
-/// A device buffer of `n` NaNs: any element the kernel leaves unwritten fails the comparison.
-fn poisoned<T: TestFloat>(gpu: &Gpu, n: usize) -> CudaSlice<T> {
-    upload(gpu, &vec![T::NAN; n])
-}
-
-fn download<T: TestFloat>(gpu: &Gpu, d: &CudaSlice<T>) -> Vec<T> {
-    gpu.stream().clone_dtoh(d).unwrap_or_else(|e| panic!("download of {} {}: {e}", d.len(), T::NAME))
-}
+// References and comparisons
 
 /// Asserts `|got - want| <= atol + rtol * scale` everywhere (NaN fails), listing the first
 /// failures with their (row, column) in a `width`-wide layout.

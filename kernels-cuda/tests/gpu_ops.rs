@@ -10,8 +10,6 @@
 //! is compared bit for bit with `engine::quant::nf4::Nf4Weight::dequantize()` (engine is a
 //! dev-dependency only). `cuda_ops_bandwidth` prints informational GB/s at Llama-3-8B shapes.
 
-use std::sync::OnceLock;
-
 use engine::quant::nf4::{dynamic_map, Nf4Scales, Nf4Weight};
 use kernels_cuda::cudarc::driver::sys::CUevent_flags;
 use kernels_cuda::cudarc::driver::CudaSlice;
@@ -23,130 +21,13 @@ use kernels_cuda::ops::nf4::{nf4_dequantize, nf4_gemv, Nf4Absmax, Nf4Weights};
 use kernels_cuda::ops::nf4_gemm::{nf4_gemm, nf4_gemm_workspace_len, Nf4Product};
 use kernels_cuda::ops::rope::{rope_bwd, rope_fwd, rope_table, RopeLayout, RopeShape};
 use kernels_cuda::ops::swiglu::{swiglu_bwd, swiglu_bwd_inplace, swiglu_bwd_inplace_h, swiglu_fwd};
-use kernels_cuda::{bf16, Error, Gpu, KernelFloat};
+use kernels_cuda::{bf16, Error, Gpu};
+
+mod common;
+use common::*;
 
 // ---------------------------------------------------------------------------------------------
-// Opening the device
-
-/// The device shared by the tests of this process, or `None` (with a printed reason) when there
-/// is no libcuda or no device. Any other error opening it fails the test.
-fn gpu() -> Option<&'static Gpu> {
-    static GPU: OnceLock<Result<Gpu, String>> = OnceLock::new();
-    let opened = GPU.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("ferrotune-gpu-ops-{}", std::process::id())).join("kernels");
-        match Gpu::with_cache_dir(0, Some(dir)) {
-            Ok(gpu) => Ok(gpu),
-            Err(e @ (Error::LibraryNotFound { .. } | Error::NoDevice { .. })) => Err(e.to_string()),
-            Err(e) => panic!("libcuda is present but opening device 0 failed: {e}"),
-        }
-    });
-    match opened {
-        Ok(gpu) => Some(gpu),
-        Err(reason) => {
-            println!("skipped: no CUDA device ({reason})");
-            None
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Inputs, references and comparisons
-
-/// SplitMix64: a small seeded generator, so every run sees the same inputs.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [lo, hi).
-    fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
-        let unit = (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
-        lo + (hi - lo) * unit
-    }
-
-    fn vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
-        (0..n).map(|_| self.uniform(lo, hi)).collect()
-    }
-
-    /// Uniform integer in 0..n.
-    fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-
-    /// Standard normal (Box-Muller).
-    fn normal(&mut self) -> f32 {
-        let u = ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-        let v = ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-        ((-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()) as f32
-    }
-}
-
-/// What the tests need of a storage type beyond [`KernelFloat`].
-trait TestFloat: KernelFloat + std::fmt::Debug + kernels_cuda::cudarc::driver::ValidAsZeroBits {
-    const NAME: &'static str;
-    const ATOL: f64;
-    const RTOL: f64;
-    const NAN: Self;
-    fn from_f32(v: f32) -> Self;
-    fn to_f64(self) -> f64;
-}
-
-impl TestFloat for f32 {
-    const NAME: &'static str = "f32";
-    const ATOL: f64 = 1e-5;
-    const RTOL: f64 = 1e-5;
-    const NAN: Self = f32::NAN;
-    fn from_f32(v: f32) -> Self {
-        v
-    }
-    fn to_f64(self) -> f64 {
-        self as f64
-    }
-}
-
-impl TestFloat for bf16 {
-    const NAME: &'static str = "bf16";
-    const ATOL: f64 = 1e-2;
-    const RTOL: f64 = 1e-2;
-    const NAN: Self = bf16::NAN;
-    fn from_f32(v: f32) -> Self {
-        bf16::from_f32(v)
-    }
-    fn to_f64(self) -> f64 {
-        self.to_f64()
-    }
-}
-
-fn to_dtype<T: TestFloat>(v: &[f32]) -> Vec<T> {
-    v.iter().map(|&x| T::from_f32(x)).collect()
-}
-
-fn widen<T: TestFloat>(v: &[T]) -> Vec<f64> {
-    v.iter().map(|&x| x.to_f64()).collect()
-}
-
-fn upload<T: kernels_cuda::cudarc::driver::DeviceRepr>(gpu: &Gpu, v: &[T]) -> CudaSlice<T> {
-    gpu.stream().clone_htod(v).unwrap_or_else(|e| panic!("upload of {} elements: {e}", v.len()))
-}
-
-/// A device buffer of `n` NaNs: any element the kernel leaves unwritten fails the comparison.
-fn poisoned<T: TestFloat>(gpu: &Gpu, n: usize) -> CudaSlice<T> {
-    upload(gpu, &vec![T::NAN; n])
-}
-
-fn download<T: kernels_cuda::cudarc::driver::DeviceRepr>(gpu: &Gpu, d: &CudaSlice<T>) -> Vec<T> {
-    gpu.stream().clone_dtoh(d).unwrap_or_else(|e| panic!("download of {} elements: {e}", d.len()))
-}
-
-fn sync(gpu: &Gpu, what: &str) {
-    gpu.synchronize().unwrap_or_else(|e| panic!("{what}: kernel: {e}"));
-}
+// Comparisons (the device, inputs and copies are in common/)
 
 /// Asserts `|got - want| <= tol` everywhere (NaN fails, and so does a NaN reference unless
 /// `got` is NaN too), listing the first failures with their (row, column) in a `width`-wide
