@@ -16,18 +16,23 @@
 //
 // bf16 (tensor cores): `mma.sync.m16n8k16` bf16 x bf16 -> f32 for q k^T, P v and the four
 // backward products; online softmax and every accumulator in f32; head_dim 64 or 128 (one kernel
-// each). Forward (FlashAttention-2 style, see `attn_fwd_mma`): a block of 4 warps takes 128 query
-// rows (32 per warp) and walks tiles of k and v (64 keys for d = 64, 32 for d = 128) through a
-// 3-stage cp.async pipeline, fragments by ldmatrix (v row-major, read with ldmatrix.trans),
-// masking only the tiles that cross the causal diagonal or the key_lens limit, and stopping at the
-// diagonal. Backward (FlashAttention-2): a pre-kernel computes Delta and zeroes an f32
-// dQ accumulator; the main kernel takes 64 keys of one kv head (16 per warp), keeps their dK and
-// dV in registers, and walks every query head of the group and every query tile that can see those
-// keys; dQ is added to the f32 accumulator with atomicAdd, and a post-kernel rounds it to bf16.
+// each; the mma / ldmatrix / cp.async helpers of mma.cuh). Forward (FlashAttention-2 style, see
+// `attn_fwd_mma`): a block of 4 warps takes 128 query rows (32 per warp) and walks tiles of k and
+// v (64 keys for d = 64, 32 for d = 128) through a 3-stage cp.async pipeline, fragments by
+// ldmatrix (v row-major, read with ldmatrix.trans), masking only the tiles that cross the causal
+// diagonal or the key_lens limit, and stopping at the diagonal. Backward (FlashAttention-2, see
+// `attn_bwd_mma`): a pre-kernel computes Delta and zeroes an f32 dQ accumulator; the main kernel
+// takes 64 keys of one kv head (16 per warp), keeps their dK and dV in registers, and walks every
+// query head of the group and every query tile that can see those keys through a cp.async
+// pipeline of 2 stages of q, dO, lse and Delta tiles (64 queries for d = 64, 32 for d = 128; every
+// tile row-major, fragments by ldmatrix / ldmatrix.trans, masks only on the tiles that need
+// them); dQ is added to the f32 accumulator with atomics (vector reductions on sm_90), and a
+// post-kernel rounds it to bf16.
 //
 // f32: plain CUDA-core kernels (one warp per query row, or per key row for dK/dV), f32 throughout,
 // exp/log in f32: a reference-grade twin, not a fast path.
 #include "common.cuh"
+#include "mma.cuh"
 
 namespace {
 
@@ -44,66 +49,6 @@ constexpr int THREADS = WARPS * 32;
 __device__ __forceinline__ int key_limit(const int *key_lens, int bi, int s) {
     if (key_lens == nullptr) return s;
     return min(max(key_lens[bi], 0), s);
-}
-
-// d += a * b for one 16x8x16 tile: a is 16x16 (row-major fragment), b is 16x8 ("col" fragment).
-//   a: a[0] = A[g][2c..2c+1], a[1] = A[g+8][2c..], a[2] = A[g][2c+8..], a[3] = A[g+8][2c+8..]
-//   b: b0 = B[2c..2c+1][g], b1 = B[2c+8..2c+9][g]
-//   d: d[0..1] = D[g][2c..2c+1], d[2..3] = D[g+8][2c..2c+1]
-// where g = lane / 4, c = lane % 4; pairs are packed low element first.
-__device__ __forceinline__ void mma_bf16(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// Two f32 rounded to bf16 and packed, `lo` in the low half.
-__device__ __forceinline__ u32 pack_bf16(float lo, float hi) {
-    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<u32 *>(&h);
-}
-
-// Two consecutive bf16 (4-byte aligned) as one register.
-__device__ __forceinline__ u32 ld32(const bf16 *p) { return *reinterpret_cast<const u32 *>(p); }
-
-// The A fragment of a 16x16 tile at `p` in a row-major bf16 array with row stride `stride`,
-// for this lane (g = lane / 4, c = lane % 4).
-__device__ __forceinline__ void load_a(u32 (&a)[4], const bf16 *p, int stride, int g, int c) {
-    const bf16 *r = p + g * stride + 2 * c;
-    a[0] = ld32(r);
-    a[1] = ld32(r + 8 * stride);
-    a[2] = ld32(r + 8);
-    a[3] = ld32(r + 8 * stride + 8);
-}
-
-// The A fragment of a 16-wide k slice built from two 16x8 accumulator tiles (the C layout of
-// tile `lo` covers columns 0..7 of the slice, `hi` columns 8..15).
-__device__ __forceinline__ void acc_to_a(u32 (&a)[4], const float (&lo)[4], const float (&hi)[4]) {
-    a[0] = pack_bf16(lo[0], lo[1]);
-    a[1] = pack_bf16(lo[2], lo[3]);
-    a[2] = pack_bf16(hi[0], hi[1]);
-    a[3] = pack_bf16(hi[2], hi[3]);
-}
-
-// Copies `rows` rows of D bf16 (row `r` at src + r * D, rows >= valid read as zero) into shared
-// memory: row-major with stride D + 8 into `rm` (if not null) and transposed ([D][rows + 8]) into
-// `tr` (if not null). Consecutive threads take consecutive rows of one 16-byte column chunk.
-template <int D>
-__device__ __forceinline__ void load_tile(bf16 *rm, bf16 *tr, const bf16 *src, int rows, int valid) {
-    constexpr int CH = D / 8;
-    const int trs = rows + 8;
-    for (int i = threadIdx.x; i < rows * CH; i += THREADS) {
-        const int r = i % rows, c = (i / rows) * 8;
-        uint4 x = make_uint4(0u, 0u, 0u, 0u);
-        if (r < valid) x = *reinterpret_cast<const uint4 *>(src + (u64)r * D + c);
-        if (rm) *reinterpret_cast<uint4 *>(rm + r * (D + 8) + c) = x;
-        if (tr) {
-            const bf16 *e = reinterpret_cast<const bf16 *>(&x);
-#pragma unroll
-            for (int j = 0; j < 8; ++j) tr[(c + j) * trs + r] = e[j];
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -126,50 +71,6 @@ template <int D> struct FwdSmem {
     static constexpr int END = V + STAGES * BN * RS; // x 2 bytes: 73728 (d = 64), 87040 (d = 128)
 };
 
-// The shared-space address of a generic pointer into shared memory.
-__device__ __forceinline__ u32 smem_addr(const void *p) {
-    return static_cast<u32>(__cvta_generic_to_shared(p));
-}
-
-// 16 bytes global -> shared without going through registers (cp.async, sm_80+). With `valid`
-// false nothing is read and the 16 bytes are zero-filled.
-__device__ __forceinline__ void cp_async16(u32 dst, const void *src, bool valid) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
-                 "r"(valid ? 16 : 0)
-                 : "memory");
-}
-
-// Closes this thread's current group of cp.async (an empty group is fine).
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-
-// Waits until at most N of this thread's groups are still in flight (other threads' copies need a
-// __syncthreads after it to be visible).
-template <int N> __device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
-// ldmatrix x4: lane l gives the address of row l % 8 (16 contiguous bytes) of 8x8 matrix l / 8;
-// register j gets matrix j's elements [lane / 4][2 (lane % 4) .. +1] (`.trans`: the transposed
-// matrix, i.e. elements [2 (lane % 4) .. +1][lane / 4]), low element in the low half.
-__device__ __forceinline__ void ldsm_x4(u32 (&r)[4], u32 addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr));
-}
-
-__device__ __forceinline__ void ldsm_x4_trans(u32 (&r)[4], u32 addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr));
-}
-
-// 2^x by the hardware approximation (ex2.approx.ftz: 2 ulp, results below 2^-126 flush to 0,
-// 2^-inf = 0): plain exp2f adds a denormal-range fix-up of three instructions per call.
-__device__ __forceinline__ float fast_exp2(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-    return y;
-}
 
 // Starts copying ROWS rows of D bf16 (row r at src + r * D; rows >= valid, valid >= 1, are
 // zero-filled and not read) into the row-major shared tile at `dst` (stride D + 8). Consecutive
@@ -187,12 +88,12 @@ __device__ __forceinline__ void load_tile_async(u32 dst, const bf16 *src, int va
         const bf16 *p = src + r0 * D + c;
 #pragma unroll
         for (int j = 0; j < ROWS / RSTEP; ++j)
-            cp_async16(dst + (u32)(j * RSTEP * (D + 8) * 2), p + j * RSTEP * D, true);
+            mma::cp_async16(dst + (u32)(j * RSTEP * (D + 8) * 2), p + j * RSTEP * D, true);
     } else {
 #pragma unroll
         for (int j = 0; j < ROWS / RSTEP; ++j) {
             const int r = r0 + j * RSTEP;
-            cp_async16(dst + (u32)(j * RSTEP * (D + 8) * 2), src + min(r, valid - 1) * D + c, r < valid);
+            mma::cp_async16(dst + (u32)(j * RSTEP * (D + 8) * 2), src + min(r, valid - 1) * D + c, r < valid);
         }
     }
 }
@@ -219,9 +120,9 @@ __device__ void attn_fwd_mma(const bf16 *__restrict__ q, const bf16 *__restrict_
     constexpr u32 TILE_BYTES = 2u * BN * RS; // one k or v buffer
     static_assert(2 * L::END <= 113 * 1024, "two blocks must fit one multiprocessor's shared memory");
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    const u32 sq = smem_addr(smem_raw) + 2u * L::Q;
-    const u32 sk = smem_addr(smem_raw) + 2u * L::K;
-    const u32 sv = smem_addr(smem_raw) + 2u * L::V;
+    const u32 sq = mma::smem_addr(smem_raw) + 2u * L::Q;
+    const u32 sk = mma::smem_addr(smem_raw) + 2u * L::K;
+    const u32 sv = mma::smem_addr(smem_raw) + 2u * L::V;
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c4 = lane & 3;
     const int bi = blockIdx.z, h = blockIdx.y;
@@ -267,7 +168,7 @@ __device__ void attn_fwd_mma(const bf16 *__restrict__ q, const bf16 *__restrict_
             load_tile_async<D, BN>(sk + st * TILE_BYTES, kp + (u64)st * BN * D, n_end - st * BN);
             load_tile_async<D, BN>(sv + st * TILE_BYTES, vp + (u64)st * BN * D, n_end - st * BN);
         }
-        cp_async_commit();
+        mma::cp_async_commit();
     }
 
     u32 qf[QREG ? MT : 1][QREG ? D / 16 : 1][4];
@@ -292,7 +193,7 @@ __device__ void attn_fwd_mma(const bf16 *__restrict__ q, const bf16 *__restrict_
         const int n0 = it * BN;
         const u32 kb = sk + (u32)stage * TILE_BYTES, vb = sv + (u32)stage * TILE_BYTES;
         // Groups committed so far: STAGES - 1 + it, the one of tile `it` the (it + 1)-th.
-        cp_async_wait<STAGES - 2>();
+        mma::cp_async_wait<STAGES - 2>();
         // Tile `it` (and q) is now visible to every warp, and every warp is done with tile it - 1,
         // whose buffer the copy of tile it + STAGES - 1 overwrites.
         __syncthreads();
@@ -303,7 +204,7 @@ __device__ void attn_fwd_mma(const bf16 *__restrict__ q, const bf16 *__restrict_
                 load_tile_async<D, BN>(sk + xb, kp + (u64)nx * BN * D, n_end - nx * BN);
                 load_tile_async<D, BN>(sv + xb, vp + (u64)nx * BN * D, n_end - nx * BN);
             }
-            cp_async_commit();
+            mma::cp_async_commit();
         }
         stage = stage == STAGES - 1 ? 0 : stage + 1;
         if constexpr (QREG) {
@@ -311,7 +212,7 @@ __device__ void attn_fwd_mma(const bf16 *__restrict__ q, const bf16 *__restrict_
 #pragma unroll
                 for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-                    for (int kk = 0; kk < D / 16; ++kk) ldsm_x4(qf[mt][kk], sqw + (u32)(mt * 16 * RS + kk * 16) * 2);
+                    for (int kk = 0; kk < D / 16; ++kk) mma::ldmatrix_x4(qf[mt][kk], sqw + (u32)(mt * 16 * RS + kk * 16) * 2);
             }
         }
         if (n0 >= w_end) continue; // warp-uniform: no row of this warp sees a key of this tile
@@ -333,17 +234,17 @@ __device__ void attn_fwd_mma(const bf16 *__restrict__ q, const bf16 *__restrict_
 #pragma unroll
                     for (int e = 0; e < 4; ++e) qa[mt][e] = qf[mt][kk][e];
                 } else {
-                    ldsm_x4(qa[mt], sqw + (u32)(mt * 16 * RS + kk * 16) * 2);
+                    mma::ldmatrix_x4(qa[mt], sqw + (u32)(mt * 16 * RS + kk * 16) * 2);
                 }
             }
 #pragma unroll
             for (int np = 0; np < BN / 16; ++np) {
                 u32 b[4];
-                ldsm_x4(b, kb + b_off + (u32)(np * 16 * RS + kk * 16) * 2);
+                mma::ldmatrix_x4(b, kb + b_off + (u32)(np * 16 * RS + kk * 16) * 2);
 #pragma unroll
                 for (int mt = 0; mt < MT; ++mt) {
-                    mma_bf16(sacc[mt][2 * np], qa[mt], b[0], b[1]);
-                    mma_bf16(sacc[mt][2 * np + 1], qa[mt], b[2], b[3]);
+                    mma::mma_bf16(sacc[mt][2 * np], qa[mt], b[0], b[1]);
+                    mma::mma_bf16(sacc[mt][2 * np + 1], qa[mt], b[2], b[3]);
                 }
             }
         }
@@ -385,7 +286,7 @@ __device__ void attn_fwd_mma(const bf16 *__restrict__ q, const bf16 *__restrict_
                 mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
                 const float mnew = fmaxf(mrow[i], mx * sl2);
                 // No key seen yet: keep everything at zero without producing NaN.
-                alpha[i] = mnew == NEG_INF ? 1.0f : fast_exp2(mrow[i] - mnew);
+                alpha[i] = mnew == NEG_INF ? 1.0f : mma::ex2(mrow[i] - mnew);
                 muse[i] = mnew == NEG_INF ? 0.0f : mnew;
                 moved |= alpha[i] != 1.0f;
                 mrow[i] = mnew;
@@ -403,11 +304,11 @@ __device__ void attn_fwd_mma(const bf16 *__restrict__ q, const bf16 *__restrict_
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                     const int i = 2 * mt + (e >> 1);
-                    p[e] = fast_exp2(fmaf(sacc[mt][nt][e], sl2, -muse[i]));
+                    p[e] = mma::ex2(fmaf(sacc[mt][nt][e], sl2, -muse[i]));
                     lrow[i] += p[e];
                 }
-                pa[mt][nt >> 1][(nt & 1) * 2] = pack_bf16(p[0], p[1]);
-                pa[mt][nt >> 1][(nt & 1) * 2 + 1] = pack_bf16(p[2], p[3]);
+                pa[mt][nt >> 1][(nt & 1) * 2] = mma::pack_bf16(p[0], p[1]);
+                pa[mt][nt >> 1][(nt & 1) * 2 + 1] = mma::pack_bf16(p[2], p[3]);
             }
         }
         // Rescale o, unless no row maximum of the warp moved (alpha = 1 everywhere).
@@ -430,16 +331,16 @@ __device__ void attn_fwd_mma(const bf16 *__restrict__ q, const bf16 *__restrict_
 #pragma unroll
             for (int np = 0; np < D / 16; ++np) {
                 u32 b[4];
-                ldsm_x4_trans(b, vb + a_off + (u32)(kk * 16 * RS + np * 16) * 2);
+                mma::ldmatrix_x4_trans(b, vb + a_off + (u32)(kk * 16 * RS + np * 16) * 2);
 #pragma unroll
                 for (int mt = 0; mt < MT; ++mt) {
-                    mma_bf16(oacc[mt][2 * np], pa[mt][kk], b[0], b[1]);
-                    mma_bf16(oacc[mt][2 * np + 1], pa[mt][kk], b[2], b[3]);
+                    mma::mma_bf16(oacc[mt][2 * np], pa[mt][kk], b[0], b[1]);
+                    mma::mma_bf16(oacc[mt][2 * np + 1], pa[mt][kk], b[2], b[3]);
                 }
             }
         }
     }
-    cp_async_wait<0>(); // nothing real is left in flight; leave no group behind anyway
+    mma::cp_async_wait<0>(); // nothing real is left in flight; leave no group behind anyway
 
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
@@ -456,7 +357,7 @@ __device__ void attn_fwd_mma(const bf16 *__restrict__ q, const bf16 *__restrict_
 #pragma unroll
                 for (int nt = 0; nt < D / 8; ++nt)
                     *reinterpret_cast<u32 *>(orow + nt * 8) =
-                        pack_bf16(oacc[mt][nt][2 * hf] * inv, oacc[mt][nt][2 * hf + 1] * inv);
+                        mma::pack_bf16(oacc[mt][nt][2 * hf] * inv, oacc[mt][nt][2 * hf + 1] * inv);
                 if (c4 == 0)
                     lse[(u64)(bi * hq + h) * t + row] = l > 0.0f ? (mrow[i] + log2f(l)) * LN2 : NEG_INF;
             }
@@ -467,25 +368,63 @@ __device__ void attn_fwd_mma(const bf16 *__restrict__ q, const bf16 *__restrict_
 // ---------------------------------------------------------------------------------------------
 // bf16 backward (tensor cores)
 
-// Shared memory layout of the backward kernel for head_dim D (offsets in bf16 elements).
+// Shared memory of the backward for head_dim D (byte offsets): the block's BN keys of k and v,
+// STAGES buffers of a BQ-query tile of q and of dO (a cp.async pipeline, as in the forward) with
+// their lse and Delta, all row-major ([rows][D], row stride D + 8 bf16), and dS^T ([BN][BQ], row
+// stride BQ + 8 bf16: row = key) for dQ. The pads put the 8 rows of one ldmatrix phase, and the
+// 8 rows that the 32 lanes of a warp's dS^T stores touch, in different banks.
 template <int D> struct BwdSmem {
-    static constexpr int BN = 64;                // keys per block (16 per warp)
-    static constexpr int BQ = D == 128 ? 32 : 64; // queries per inner tile
-    static constexpr int RS = D + 8;             // row stride of row-major [rows][D] tiles
-    static constexpr int KTS = BN + 8;           // row stride of K^T [D][BN]
-    static constexpr int QTS = BQ + 8;           // row stride of Q^T, dO^T [D][BQ]
-    static constexpr int SS = BN + 8;            // row stride of dS [BQ][BN]
+    static constexpr int BN = 64;                   // keys per block (16 per warp)
+    static constexpr int BQ = D == 128 ? 32 : 64;   // queries per tile
+    static constexpr int STAGES = 2;                // q / dO / lse / Delta tile buffers
+    static constexpr int RS = D + 8;                // row stride of the [rows][D] tiles (bf16)
+    static constexpr int SS = BQ + 8;               // row stride of dS^T (bf16)
+    static constexpr int KV_BYTES = 2 * BN * RS;    // k or v
+    static constexpr int QT_BYTES = 2 * BQ * RS;    // one q or dO buffer
     static constexpr int K = 0;
-    static constexpr int V = K + BN * RS;
-    static constexpr int KT = V + BN * RS;
-    static constexpr int Q = KT + D * KTS;
-    static constexpr int QT = Q + BQ * RS;
-    static constexpr int DO = QT + D * QTS;
-    static constexpr int DOT = DO + BQ * RS;
-    static constexpr int DS = DOT + D * QTS;
-    static constexpr int END = DS + BQ * SS;      // then 2 * BQ floats: lse * log2(e), Delta
+    static constexpr int V = K + KV_BYTES;
+    static constexpr int Q = V + KV_BYTES;             // [STAGES][BQ][RS]
+    static constexpr int DO = Q + STAGES * QT_BYTES;   // [STAGES][BQ][RS]
+    static constexpr int DST = DO + STAGES * QT_BYTES; // [BN][SS]
+    static constexpr int LSE = DST + 2 * BN * SS;      // [STAGES][BQ] f32 (natural log)
+    static constexpr int DLT = LSE + 4 * STAGES * BQ;  // [STAGES][BQ] f32
+    static constexpr int END = DLT + 4 * STAGES * BQ;  // 65536 (d = 64), 75264 (d = 128)
 };
 
+// p[0] += a, p[1] += b in global memory (p 8-byte aligned: the launcher pads Delta in the
+// workspace so that the dQ accumulator after it is): one vector reduction on sm_90 (PTX ISA 8.1,
+// CUDA 12.1+).
+__device__ __forceinline__ void red_add2(float *p, float a, float b) {
+#if __CUDA_ARCH__ >= 900 && (__CUDACC_VER_MAJOR__ > 12 || (__CUDACC_VER_MAJOR__ == 12 && __CUDACC_VER_MINOR__ >= 1))
+    asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(p), "f"(a), "f"(b) : "memory");
+#else
+    atomicAdd(p, a);
+    atomicAdd(p + 1, b);
+#endif
+}
+
+// Two f32 from shared memory (shared-space address, 8-byte aligned).
+__device__ __forceinline__ float2 ld_shared_f2(u32 addr) {
+    float2 r;
+    asm volatile("ld.shared.v2.f32 {%0, %1}, [%2];\n" : "=f"(r.x), "=f"(r.y) : "r"(addr));
+    return r;
+}
+
+// A block of 4 warps takes BN = 64 keys of one (batch, kv head), 16 per warp (the blocks of the
+// first keys, which see the most queries, launched first), and walks every query head of the GQA
+// group and every BQ-query tile that sees some of those keys, as one sequence of tiles through a
+// STAGES-deep cp.async pipeline (q, dO, lse, Delta; k and v are copied once, with the first
+// tile). Per tile, warp w (keys kw .. kw + 15), skipping the tile when none of its keys is visible
+// to a query of it:
+//   S^T = K_w Q^T and dP^T = V_w dO^T (16 x BQ, k / v fragments by ldmatrix, held in registers
+//   for d = 64; q / dO fragments by ldmatrix from the row-major tiles),
+//   P^T = 2^(S^T scale log2(e) - lse log2(e)), dS^T = P^T (dP^T - Delta) scale, masked only when
+//   the tile crosses the causal diagonal, the key_lens limit or the end of the queries,
+//   dV_w += P^T dO and dK_w += dS^T Q (P^T, dS^T packed to bf16 A fragments in registers;
+//   dO / q fragments by ldmatrix.trans), and dS^T to shared memory (32-bit stores).
+// After a __syncthreads, dQ[BQ][D] += dS K (dS by ldmatrix.trans from dS^T, k by ldmatrix.trans;
+// warp w takes columns w D/4 .. (w+1) D/4 and only the 16-key slices of warps that did not skip)
+// is added to the f32 accumulator (vector reductions on sm_90).
 template <int D>
 __device__ void attn_bwd_mma(const bf16 *__restrict__ q, const bf16 *__restrict__ k,
                              const bf16 *__restrict__ v, const float *__restrict__ lse,
@@ -494,16 +433,26 @@ __device__ void attn_bwd_mma(const bf16 *__restrict__ q, const bf16 *__restrict_
                              bf16 *__restrict__ dk, bf16 *__restrict__ dv, int hq, int hkv, int t,
                              int s, float scale) {
     typedef BwdSmem<D> L;
-    constexpr int BN = L::BN, BQ = L::BQ, RS = L::RS;
+    constexpr int BN = L::BN, BQ = L::BQ, RS = L::RS, SS = L::SS, STAGES = L::STAGES;
+    constexpr int NC = D / WARPS;   // dQ columns per warp
+    constexpr bool KVREG = D <= 64; // k / v fragments of the warp's keys held in registers
+    constexpr int QH = BQ;          // queries per pass of S^T, dP^T (a divisor of BQ; QH / 4 f32 registers each)
+    // Two blocks per multiprocessor on A100 and H100 (up to 81 KiB each on A100), one on sm_86 /
+    // sm_89; two stages suffice with the other block computing while one waits for its copies.
+    static_assert(L::END <= 81 * 1024, "two blocks must fit an A100 multiprocessor's shared memory");
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    bf16 *sm = reinterpret_cast<bf16 *>(smem_raw);
-    bf16 *Ks = sm + L::K, *Vs = sm + L::V, *Kt = sm + L::KT, *Qs = sm + L::Q, *Qt = sm + L::QT;
-    bf16 *dOs = sm + L::DO, *dOt = sm + L::DOT, *dSs = sm + L::DS;
-    float *lse_s = reinterpret_cast<float *>(sm + L::END);
-    float *delta_s = lse_s + BQ;
+    const u32 sbase = mma::smem_addr(smem_raw);
+    const u32 sk = sbase + L::K, sv = sbase + L::V, sq = sbase + L::Q, sdo = sbase + L::DO;
+    const u32 sdst = sbase + L::DST, slse = sbase + L::LSE, sdlt = sbase + L::DLT;
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c4 = lane & 3;
-    const int bi = blockIdx.z, kvh = blockIdx.y, n0 = blockIdx.x * BN;
+    // The first key blocks see the most queries (every later query sees them): take the key
+    // block from the slowest-varying part of the linear block index, which the hardware launches
+    // in order (x fastest), so that all (batch, kv head) pairs start their heaviest blocks first.
+    const u64 heads = (u64)gridDim.y * gridDim.z;
+    const u64 lin = blockIdx.x + (u64)gridDim.x * (blockIdx.y + (u64)gridDim.y * blockIdx.z);
+    const int pair = (int)(lin % heads);
+    const int bi = pair / (int)gridDim.y, kvh = pair % (int)gridDim.y, n0 = (int)(lin / heads) * BN;
     const int group = hq / hkv;
     const int offset = s - t;
     const int kv_len = key_limit(key_lens, bi, s);
@@ -518,137 +467,237 @@ __device__ void attn_bwd_mma(const bf16 *__restrict__ q, const bf16 *__restrict_
         for (int e = 0; e < 4; ++e) dkacc[nt][e] = dvacc[nt][e] = 0.0f;
 
     if (n0 < kv_len) { // uniform over the block
-        load_tile<D>(Ks, Kt, k + kvoff + (u64)n0 * D, BN, kv_len - n0);
-        load_tile<D>(Vs, nullptr, v + kvoff + (u64)n0 * D, BN, kv_len - n0);
-        // The first query that sees key n0, rounded down to a tile.
-        const int q_first = (max(0, n0 - offset) / BQ) * BQ;
-        for (int hg = 0; hg < group; ++hg) {
-            const int bh = bi * hq + kvh * group + hg;
-            const u64 qoff = (u64)bh * t * D;
-            for (int q0 = q_first; q0 < t; q0 += BQ) {
-                __syncthreads(); // the previous tile (and dS) is no longer read
-                load_tile<D>(Qs, Qt, q + qoff + (u64)q0 * D, BQ, t - q0);
-                load_tile<D>(dOs, dOt, dout + qoff + (u64)q0 * D, BQ, t - q0);
-                for (int i = threadIdx.x; i < BQ; i += THREADS) {
-                    const bool in = q0 + i < t;
-                    lse_s[i] = in ? lse[(u64)bh * t + q0 + i] * LOG2E : 0.0f;
-                    delta_s[i] = in ? delta[(u64)bh * t + q0 + i] : 0.0f;
-                }
-                __syncthreads();
+        // Per-lane byte offsets of the ldmatrix row addresses (see attn_fwd_mma):
+        // - a_off (lane l: row l % 16, columns 8 (l / 16) .. +7) with row stride RS: the A
+        //   fragment of a 16x16 row-major tile (k, v), or with .trans the B fragments of two n8
+        //   tiles of a row-major [reduction][n] tile (dO and q for dV, dK; k for dQ).
+        // - b_off (lane l: row 8 ((l / 16) % 2) + l % 8, columns 8 ((l / 8) % 2) .. +7): the B
+        //   fragments of two n8 tiles of a row-major [n][reduction] tile (q, dO for S^T, dP^T);
+        //   with row stride SS and .trans, the A fragment of dS from dS^T ([key][query]):
+        //   matrices (keys 0-7, queries 0-7), (keys 0-7, queries 8-15), (keys 8-15, queries
+        //   0-7), (keys 8-15, queries 8-15) transposed are a[0..3] of the 16 queries x 16 keys.
+        const u32 a_off = (u32)(((lane & 15) * RS + (lane >> 4) * 8) * 2);
+        const u32 b_off = (u32)(((((lane >> 4) & 1) * 8 + (lane & 7)) * RS + ((lane >> 3) & 1) * 8) * 2);
+        const u32 d_off = (u32)(((((lane >> 4) & 1) * 8 + (lane & 7)) * SS + ((lane >> 3) & 1) * 8) * 2);
 
-                // S^T = K Q^T and dP^T = V dO^T for this warp's 16 keys x BQ queries.
-                float st[BQ / 8][4], dpt[BQ / 8][4];
+        // The first query that sees key n0, as a tile index; tiles qt0 .. nq - 1 of each head.
+        const int qt0 = max(0, n0 - offset) / BQ;
+        const int nq = (t + BQ - 1) / BQ;
+        const int tiles_per_head = nq - qt0;
+        const int ntiles = group * tiles_per_head;
+        const int bh0 = bi * hq + kvh * group; // first query head of the group
+
+        // Starts copying tile `it` (head bh0 + it / tiles_per_head) into buffer `buf`.
+        auto load = [&](int it, int buf) {
+            const int hg = it / tiles_per_head;
+            const int qs = (qt0 + it - hg * tiles_per_head) * BQ;
+            const u64 row0 = (u64)(bh0 + hg) * t + qs;
+            const int valid = t - qs;
+            load_tile_async<D, BQ>(sq + (u32)(buf * L::QT_BYTES), q + row0 * D, valid);
+            load_tile_async<D, BQ>(sdo + (u32)(buf * L::QT_BYTES), dout + row0 * D, valid);
+            if (threadIdx.x < 2 * BQ) {
+                const int r = threadIdx.x % BQ;
+                const float *src = (threadIdx.x < BQ ? lse : delta) + row0 + min(r, valid - 1);
+                const u32 dst = (threadIdx.x < BQ ? slse : sdlt) + (u32)((buf * BQ + r) * 4);
+                mma::cp_async4(dst, src, r < valid);
+            }
+        };
+
+        // Prologue: k and v with tile 0, then tiles 1 .. STAGES - 2, one commit group each.
+        load_tile_async<D, BN>(sk, k + kvoff + (u64)n0 * D, kv_len - n0);
+        load_tile_async<D, BN>(sv, v + kvoff + (u64)n0 * D, kv_len - n0);
 #pragma unroll
-                for (int nt = 0; nt < BQ / 8; ++nt)
+        for (int st = 0; st < STAGES - 1; ++st) {
+            if (st < ntiles) load(st, st);
+            mma::cp_async_commit();
+        }
+
+        u32 kf[KVREG ? D / 16 : 1][4], vf[KVREG ? D / 16 : 1][4];
+        const u32 skw = sk + (u32)(warp * 16 * RS * 2) + a_off; // this warp's key rows
+        const u32 svw = sv + (u32)(warp * 16 * RS * 2) + a_off;
+
+        int stage = 0; // the buffer of tile `it`: it % STAGES
+        for (int it = 0; it < ntiles; ++it) {
+            const int hg = it / tiles_per_head;
+            const int q0 = (qt0 + it - hg * tiles_per_head) * BQ;
+            const u64 qoff = (u64)(bh0 + hg) * t * D;
+            const u32 qb = sq + (u32)(stage * L::QT_BYTES), ob = sdo + (u32)(stage * L::QT_BYTES);
+            const u32 lse_t = slse + (u32)(stage * BQ * 4), dlt_t = sdlt + (u32)(stage * BQ * 4);
+            mma::cp_async_wait<STAGES - 2>();
+            // Tile `it` (and k, v) is visible to every warp; every warp is done with tile it - 1
+            // (whose buffer the copy of tile it + STAGES - 1 overwrites) and with dS^T.
+            __syncthreads();
+            {
+                const int nx = it + STAGES - 1;
+                if (nx < ntiles) load(nx, stage == 0 ? STAGES - 1 : stage - 1);
+                mma::cp_async_commit();
+            }
+            stage = stage == STAGES - 1 ? 0 : stage + 1;
+            if constexpr (KVREG) {
+                if (it == 0) {
 #pragma unroll
-                    for (int e = 0; e < 4; ++e) st[nt][e] = dpt[nt][e] = 0.0f;
-#pragma unroll
-                for (int kk = 0; kk < D / 16; ++kk) {
-                    u32 ak[4], av[4];
-                    load_a(ak, Ks + warp * 16 * RS + kk * 16, RS, g, c4);
-                    load_a(av, Vs + warp * 16 * RS + kk * 16, RS, g, c4);
-#pragma unroll
-                    for (int nt = 0; nt < BQ / 8; ++nt) {
-                        const bf16 *qp = Qs + (nt * 8 + g) * RS + kk * 16 + 2 * c4;
-                        const bf16 *op = dOs + (nt * 8 + g) * RS + kk * 16 + 2 * c4;
-                        mma_bf16(st[nt], ak, ld32(qp), ld32(qp + 8));
-                        mma_bf16(dpt[nt], av, ld32(op), ld32(op + 8));
+                    for (int kk = 0; kk < D / 16; ++kk) {
+                        mma::ldmatrix_x4(kf[kk], skw + (u32)(kk * 16 * 2));
+                        mma::ldmatrix_x4(vf[kk], svw + (u32)(kk * 16 * 2));
                     }
                 }
+            }
 
-                // P^T and dS^T = P^T * (dP^T - Delta) * scale, masked.
+            // Keys [n0, vis_end) are visible to some query of the tile (the last valid query
+            // sees the most); the warps whose keys all lie beyond skip the tile.
+            const int q_last = min(q0 + BQ, t) - 1;
+            const int vis_end = min(q_last + offset + 1, kv_len);
+            if (kw < vis_end) { // warp-uniform
+                u32 *dsw = reinterpret_cast<u32 *>(smem_raw + L::DST + ((warp * 16 + g) * SS + 2 * c4) * 2);
+                // Queries q0 + qh .. q0 + qh + QH - 1 of the tile at a time.
 #pragma unroll
-                for (int nt = 0; nt < BQ / 8; ++nt) {
+                for (int qh = 0; qh < BQ; qh += QH) {
+                    float st[QH / 8][4], dpt[QH / 8][4];
 #pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        const int key = kw + g + (e < 2 ? 0 : 8);
-                        const int ql = nt * 8 + 2 * c4 + (e & 1);
-                        const int qi = q0 + ql;
-                        const bool ok = qi < t && key < kv_len && key <= qi + offset;
-                        const float p = ok ? exp2f(st[nt][e] * sl2 - lse_s[ql]) : 0.0f;
-                        st[nt][e] = p;
-                        dpt[nt][e] = p * (dpt[nt][e] - delta_s[ql]) * scale;
-                    }
-                }
-
-                // dV += P^T dO and dK += dS^T Q.
+                    for (int nt = 0; nt < QH / 8; ++nt)
 #pragma unroll
-                for (int kk = 0; kk < BQ / 16; ++kk) {
-                    u32 ap[4], as[4];
-                    acc_to_a(ap, st[2 * kk], st[2 * kk + 1]);
-                    acc_to_a(as, dpt[2 * kk], dpt[2 * kk + 1]);
+                        for (int e = 0; e < 4; ++e) st[nt][e] = dpt[nt][e] = 0.0f;
 #pragma unroll
-                    for (int nt = 0; nt < D / 8; ++nt) {
-                        const bf16 *op = dOt + (nt * 8 + g) * L::QTS + kk * 16 + 2 * c4;
-                        const bf16 *qp = Qt + (nt * 8 + g) * L::QTS + kk * 16 + 2 * c4;
-                        mma_bf16(dvacc[nt], ap, ld32(op), ld32(op + 8));
-                        mma_bf16(dkacc[nt], as, ld32(qp), ld32(qp + 8));
-                    }
-                }
-
-                // dS (queries x keys) to shared memory for dQ += dS K.
+                    for (int kk = 0; kk < D / 16; ++kk) {
+                        u32 ak[4], av[4];
+                        if constexpr (KVREG) {
 #pragma unroll
-                for (int nt = 0; nt < BQ / 8; ++nt) {
+                            for (int e = 0; e < 4; ++e) {
+                                ak[e] = kf[kk][e];
+                                av[e] = vf[kk][e];
+                            }
+                        } else {
+                            mma::ldmatrix_x4(ak, skw + (u32)(kk * 16 * 2));
+                            mma::ldmatrix_x4(av, svw + (u32)(kk * 16 * 2));
+                        }
 #pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        const int kl = warp * 16 + g + (e < 2 ? 0 : 8);
-                        const int ql = nt * 8 + 2 * c4 + (e & 1);
-                        dSs[ql * L::SS + kl] = __float2bfloat16_rn(dpt[nt][e]);
-                    }
-                }
-                __syncthreads();
-
-                // dQ[BQ][D] += dS[BQ][BN] K[BN][D]: warp w takes columns w * D/4 .. (w+1) * D/4.
-                constexpr int NC = D / 4;
-#pragma unroll
-                for (int mt = 0; mt < BQ / 16; ++mt) {
-                    float acc[NC / 8][4];
-#pragma unroll
-                    for (int nt = 0; nt < NC / 8; ++nt)
-#pragma unroll
-                        for (int e = 0; e < 4; ++e) acc[nt][e] = 0.0f;
-#pragma unroll
-                    for (int kk = 0; kk < BN / 16; ++kk) {
-                        u32 a[4];
-                        load_a(a, dSs + mt * 16 * L::SS + kk * 16, L::SS, g, c4);
-#pragma unroll
-                        for (int nt = 0; nt < NC / 8; ++nt) {
-                            const bf16 *kp = Kt + (warp * NC + nt * 8 + g) * L::KTS + kk * 16 + 2 * c4;
-                            mma_bf16(acc[nt], a, ld32(kp), ld32(kp + 8));
+                        for (int np = 0; np < QH / 16; ++np) {
+                            const u32 off = b_off + (u32)(((qh + np * 16) * RS + kk * 16) * 2);
+                            u32 b[4];
+                            mma::ldmatrix_x4(b, qb + off);
+                            mma::mma_bf16(st[2 * np], ak, b[0], b[1]);
+                            mma::mma_bf16(st[2 * np + 1], ak, b[2], b[3]);
+                            mma::ldmatrix_x4(b, ob + off);
+                            mma::mma_bf16(dpt[2 * np], av, b[0], b[1]);
+                            mma::mma_bf16(dpt[2 * np + 1], av, b[2], b[3]);
                         }
                     }
-                    const int row0 = q0 + mt * 16 + g, row1 = row0 + 8;
+
+                    // P^T and dS^T. st[nt][e] is key kw + g + 8 (e / 2), query q0 + qh + 8 nt +
+                    // 2 c4 + e % 2. Key j is visible to query i when i < t and j < min(i + offset
+                    // + 1, kv_len); the mask is needed only when some pair fails that.
+                    const int qa = q0 + qh; // first query of this part
+                    const bool full = qa + QH <= t && kw + 16 <= kv_len && kw + 15 <= qa + offset;
 #pragma unroll
-                    for (int nt = 0; nt < NC / 8; ++nt) {
-                        const int col = warp * NC + nt * 8 + 2 * c4;
-                        if (row0 < t) {
-                            float *p = dq_acc + qoff + (u64)row0 * D + col;
-                            atomicAdd(p, acc[nt][0]);
-                            atomicAdd(p + 1, acc[nt][1]);
+                    for (int nt = 0; nt < QH / 8; ++nt) {
+                        const u32 off = (u32)((qh + nt * 8 + 2 * c4) * 4);
+                        const float2 l2 = ld_shared_f2(lse_t + off), d2 = ld_shared_f2(dlt_t + off);
+#pragma unroll
+                        for (int e = 0; e < 4; ++e) {
+                            const float lv = (e & 1) ? l2.y : l2.x, dl = (e & 1) ? d2.y : d2.x;
+                            float p = mma::ex2(fmaf(st[nt][e], sl2, -lv * LOG2E));
+                            if (!full) {
+                                const int key = kw + g + (e < 2 ? 0 : 8);
+                                const int qi = qa + nt * 8 + 2 * c4 + (e & 1);
+                                if (!(qi < t && key < kv_len && key <= qi + offset)) p = 0.0f;
+                            }
+                            st[nt][e] = p;
+                            dpt[nt][e] = p * (dpt[nt][e] - dl) * scale;
                         }
-                        if (row1 < t) {
-                            float *p = dq_acc + qoff + (u64)row1 * D + col;
-                            atomicAdd(p, acc[nt][2]);
-                            atomicAdd(p + 1, acc[nt][3]);
+                    }
+
+                    // dV += P^T dO and dK += dS^T Q over these queries (the reduction index), 16
+                    // at a time; dS^T goes to shared memory on the way.
+#pragma unroll
+                    for (int kk = 0; kk < QH / 16; ++kk) {
+                        u32 ap[4], as[4];
+                        ap[0] = mma::pack_bf16(st[2 * kk][0], st[2 * kk][1]);
+                        ap[1] = mma::pack_bf16(st[2 * kk][2], st[2 * kk][3]);
+                        ap[2] = mma::pack_bf16(st[2 * kk + 1][0], st[2 * kk + 1][1]);
+                        ap[3] = mma::pack_bf16(st[2 * kk + 1][2], st[2 * kk + 1][3]);
+                        as[0] = mma::pack_bf16(dpt[2 * kk][0], dpt[2 * kk][1]);
+                        as[1] = mma::pack_bf16(dpt[2 * kk][2], dpt[2 * kk][3]);
+                        as[2] = mma::pack_bf16(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]);
+                        as[3] = mma::pack_bf16(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3]);
+                        // as[0] is (key g, queries qh + 16 kk + 2 c4 ..), as[1] key g + 8, as[2]
+                        // and as[3] the same 8 queries later (dsw: u32 units).
+                        const int col = qh / 2 + kk * 8;
+                        dsw[col] = as[0];
+                        dsw[4 * SS + col] = as[1];
+                        dsw[col + 4] = as[2];
+                        dsw[4 * SS + col + 4] = as[3];
+#pragma unroll
+                        for (int np = 0; np < D / 16; ++np) {
+                            const u32 off = a_off + (u32)(((qh + kk * 16) * RS + np * 16) * 2);
+                            u32 b[4];
+                            mma::ldmatrix_x4_trans(b, ob + off);
+                            mma::mma_bf16(dvacc[2 * np], ap, b[0], b[1]);
+                            mma::mma_bf16(dvacc[2 * np + 1], ap, b[2], b[3]);
+                            mma::ldmatrix_x4_trans(b, qb + off);
+                            mma::mma_bf16(dkacc[2 * np], as, b[0], b[1]);
+                            mma::mma_bf16(dkacc[2 * np + 1], as, b[2], b[3]);
                         }
                     }
                 }
             }
+            __syncthreads(); // dS^T of every warp that did not skip is written
+
+            // dQ[BQ][D] += dS[BQ][BN] K[BN][D] over the 16-key slices kk < nkk (the warps that
+            // did not skip: kw < vis_end), this warp's NC columns.
+            const int nkk = (vis_end - n0 + 15) / 16; // 1 .. 4
+            float acc[BQ / 16][NC / 8][4];
+#pragma unroll
+            for (int mt = 0; mt < BQ / 16; ++mt)
+#pragma unroll
+                for (int nt = 0; nt < NC / 8; ++nt)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) acc[mt][nt][e] = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < BN / 16; ++kk) {
+                if (kk < nkk) {
+                    u32 bk[NC / 16][4];
+#pragma unroll
+                    for (int np = 0; np < NC / 16; ++np)
+                        mma::ldmatrix_x4_trans(bk[np], sk + a_off + (u32)((kk * 16 * RS + warp * NC + np * 16) * 2));
+#pragma unroll
+                    for (int mt = 0; mt < BQ / 16; ++mt) {
+                        u32 a[4];
+                        mma::ldmatrix_x4_trans(a, sdst + d_off + (u32)((kk * 16 * SS + mt * 16) * 2));
+#pragma unroll
+                        for (int np = 0; np < NC / 16; ++np) {
+                            mma::mma_bf16(acc[mt][2 * np], a, bk[np][0], bk[np][1]);
+                            mma::mma_bf16(acc[mt][2 * np + 1], a, bk[np][2], bk[np][3]);
+                        }
+                    }
+                }
+            }
+#pragma unroll
+            for (int mt = 0; mt < BQ / 16; ++mt) {
+                const int row0 = q0 + mt * 16 + g, row1 = row0 + 8;
+#pragma unroll
+                for (int nt = 0; nt < NC / 8; ++nt) {
+                    const int col = warp * NC + nt * 8 + 2 * c4;
+                    if (row0 < t) red_add2(dq_acc + qoff + (u64)row0 * D + col, acc[mt][nt][0], acc[mt][nt][1]);
+                    if (row1 < t) red_add2(dq_acc + qoff + (u64)row1 * D + col, acc[mt][nt][2], acc[mt][nt][3]);
+                }
+            }
         }
+        mma::cp_async_wait<0>(); // nothing real is left in flight; leave no group behind anyway
     }
 
     // dK and dV of this warp's keys (zero for keys >= kv_len).
     const int k0 = kw + g, k1 = k0 + 8;
+    const u64 r0 = (u64)(bi * hkv + kvh) * s + k0; // row of key k0 in k, dk (row k1: r0 + 8)
 #pragma unroll
     for (int nt = 0; nt < D / 8; ++nt) {
         const int col = nt * 8 + 2 * c4;
         if (k0 < s) {
-            *reinterpret_cast<u32 *>(dk + kvoff + (u64)k0 * D + col) = pack_bf16(dkacc[nt][0], dkacc[nt][1]);
-            *reinterpret_cast<u32 *>(dv + kvoff + (u64)k0 * D + col) = pack_bf16(dvacc[nt][0], dvacc[nt][1]);
+            *reinterpret_cast<u32 *>(dk + r0 * D + col) = mma::pack_bf16(dkacc[nt][0], dkacc[nt][1]);
+            *reinterpret_cast<u32 *>(dv + r0 * D + col) = mma::pack_bf16(dvacc[nt][0], dvacc[nt][1]);
         }
         if (k1 < s) {
-            *reinterpret_cast<u32 *>(dk + kvoff + (u64)k1 * D + col) = pack_bf16(dkacc[nt][2], dkacc[nt][3]);
-            *reinterpret_cast<u32 *>(dv + kvoff + (u64)k1 * D + col) = pack_bf16(dvacc[nt][2], dvacc[nt][3]);
+            *reinterpret_cast<u32 *>(dk + (r0 + 8) * D + col) = mma::pack_bf16(dkacc[nt][2], dkacc[nt][3]);
+            *reinterpret_cast<u32 *>(dv + (r0 + 8) * D + col) = mma::pack_bf16(dvacc[nt][2], dvacc[nt][3]);
         }
     }
 }
@@ -844,9 +893,9 @@ extern "C" __global__ void attention_bwd_pre_f32(const float *o, const float *do
 }
 
 // Backward main kernel, bf16, head_dim 64 / 128: dK, dV written, dQ added to dq_acc (f32, zeroed
-// by the pre-kernel). Grid: (ceil(s / 64), hkv, b); dynamic shared memory 2 * BwdSmem<D>::END +
-// 8 * BQ bytes (74240 for d = 64, 96000 for d = 128).
-extern "C" __global__ void attention_bwd_bf16_d64(const bf16 *q, const bf16 *k, const bf16 *v,
+// by the pre-kernel). Grid: (ceil(s / 64), hkv, b); dynamic shared memory BwdSmem<D>::END bytes
+// (65536 for d = 64, 75264 for d = 128).
+extern "C" __global__ void __launch_bounds__(THREADS, 2) attention_bwd_bf16_d64(const bf16 *q, const bf16 *k, const bf16 *v,
                                                   const float *lse, const float *delta,
                                                   const bf16 *dout, const int *key_lens,
                                                   float *dq_acc, bf16 *dk, bf16 *dv, int hq,
@@ -854,7 +903,7 @@ extern "C" __global__ void attention_bwd_bf16_d64(const bf16 *q, const bf16 *k, 
     attn_bwd_mma<64>(q, k, v, lse, delta, dout, key_lens, dq_acc, dk, dv, hq, hkv, t, s, scale);
 }
 
-extern "C" __global__ void attention_bwd_bf16_d128(const bf16 *q, const bf16 *k, const bf16 *v,
+extern "C" __global__ void __launch_bounds__(THREADS, 2) attention_bwd_bf16_d128(const bf16 *q, const bf16 *k, const bf16 *v,
                                                    const float *lse, const float *delta,
                                                    const bf16 *dout, const int *key_lens,
                                                    float *dq_acc, bf16 *dk, bf16 *dv, int hq,

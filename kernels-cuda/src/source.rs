@@ -175,7 +175,7 @@ pub const ATTENTION: KernelModule = KernelModule {
     name: "attention",
     file: "attention.cu",
     source: include_str!("../kernels/attention.cu"),
-    headers: &[COMMON],
+    headers: &[COMMON, MMA],
     kernels: &[
         "attention_fwd_bf16_d64",
         "attention_fwd_bf16_d128",

@@ -122,22 +122,32 @@ impl AttentionDims {
     }
 }
 
-/// The f32 workspace [`attention_bwd`] needs: `b*hq*t` (Delta) for f32, plus `b*hq*t*d` (the dQ
-/// accumulator) for bf16.
+/// The f32 workspace [`attention_bwd`] needs: `b*hq*t` (Delta) for f32; for bf16 Delta padded to
+/// a multiple of [`DQ_ALIGN`], then `b*hq*t*d` (the dQ accumulator).
 pub fn attention_bwd_workspace_len<T: KernelFloat>(dims: &AttentionDims) -> usize {
     match T::DTYPE {
         Dtype::F32 => dims.lse_elems(),
-        Dtype::Bf16 => dims.lse_elems() + dims.q_elems(),
+        Dtype::Bf16 => delta_len(dims) + dims.q_elems(),
     }
 }
 
+/// The dQ accumulator starts a multiple of this many f32 into the workspace: the kernel adds
+/// pairs of f32 with one 8-byte reduction (`red.global.add.v2.f32`), which needs the alignment.
+const DQ_ALIGN: usize = 4;
+
+/// The workspace's Delta part for bf16 (Delta, then padding up to [`DQ_ALIGN`]).
+fn delta_len(dims: &AttentionDims) -> usize {
+    dims.lse_elems().next_multiple_of(DQ_ALIGN)
+}
+
 /// Dynamic shared memory of the bf16 backward kernel for head_dim `d` (mirrors `BwdSmem` in
-/// `attention.cu`).
+/// `attention.cu`): the block's 64 keys of k and v, 2 buffers each of a q and a dO tile (64
+/// queries for d = 64, 32 for d = 128; rows padded to `d + 8` bf16) and of the tile's lse and
+/// Delta (f32), and dS^T (`[64][queries + 8]` bf16).
 pub fn bwd_shared_bytes(d: usize) -> usize {
-    let (bn, bq) = (TILE, if d == 128 { 32 } else { 64 });
+    let (keys, queries, stages) = (TILE, if d == 128 { 32 } else { 64 }, 2);
     let rs = d + 8;
-    let elems = 2 * bn * rs + d * (bn + 8) + 2 * (bq * rs + d * (bq + 8)) + bq * (bn + 8);
-    elems * 2 + 2 * bq * 4
+    (2 * keys * rs + 2 * stages * queries * rs + keys * (queries + 8)) * 2 + 2 * stages * queries * 4
 }
 
 /// Dynamic shared memory of the bf16 forward kernel for head_dim `d` (mirrors `FwdSmem` in
@@ -270,8 +280,8 @@ pub fn attention_bwd<T: KernelFloat>(
     let null = 0u64;
     let rows = dims.lse_elems();
     let rows_arg = rows as u64;
-    let (mut delta, mut rest) = workspace.split_at_mut(rows);
     let bf16 = T::DTYPE == Dtype::Bf16;
+    let (mut delta, mut rest) = workspace.split_at_mut(if bf16 { delta_len(dims) } else { rows });
 
     // Delta = rowsum(dO * O); for bf16 also zero the dQ accumulator.
     let pre = T::pick("attention_bwd_pre_f32", "attention_bwd_pre_bf16");
@@ -376,6 +386,9 @@ mod tests {
         assert_eq!(d.lse_elems(), 24);
         assert_eq!(attention_bwd_workspace_len::<f32>(&d), 24);
         assert_eq!(attention_bwd_workspace_len::<half::bf16>(&d), 24 + 24 * 64);
+        // One row: Delta is padded to 4 f32, so that the dQ accumulator is 16-byte aligned.
+        assert_eq!(attention_bwd_workspace_len::<half::bf16>(&dims(1, 1, 1, 1, 1, 64)), 4 + 64);
+        assert_eq!(attention_bwd_workspace_len::<f32>(&dims(1, 1, 1, 1, 1, 64)), 1);
         // rows see 3, 4, 5 keys.
         assert_eq!(d.fwd_flops(), 4.0 * 64.0 * 12.0 * 8.0);
         let sq = dims(2, 32, 8, 2048, 2048, 128);
@@ -395,7 +408,9 @@ mod tests {
     #[test]
     fn backward_shared_memory_matches_the_kernel_layout() {
         // The numbers quoted in attention.cu.
-        assert_eq!(bwd_shared_bytes(64), 74_240);
-        assert_eq!(bwd_shared_bytes(128), 96_000);
+        assert_eq!(bwd_shared_bytes(64), 65_536);
+        assert_eq!(bwd_shared_bytes(128), 75_264);
+        // Two blocks must fit an A100 multiprocessor (164 KiB, 1 KiB reserved per block).
+        assert!(bwd_shared_bytes(64).max(bwd_shared_bytes(128)) <= 81 * 1024);
     }
 }
