@@ -45,6 +45,22 @@ constexpr float LN2 = 0.6931471805599453f;
 constexpr int WARPS = 4;       // warps per block of every kernel here
 constexpr int THREADS = WARPS * 32;
 
+// The block's tile (along gridDim.x), head (y) and batch (z), numbered so that every (batch,
+// head) pair gets its tile 0 before any pair gets its tile 1: the hardware launches blocks in
+// linear order (x fastest), so the tile is taken from the slowest-varying part of the linear
+// index. The kernels give tile 0 their heaviest work, so the heavy blocks go first and the light
+// ones fill the tail (a one-to-one renumbering of the grid).
+struct BlockTask {
+    int tile, head, batch;
+};
+
+__device__ __forceinline__ BlockTask tile_major_block() {
+    const u64 pairs = (u64)gridDim.y * gridDim.z;
+    const u64 lin = blockIdx.x + (u64)gridDim.x * (blockIdx.y + (u64)gridDim.y * blockIdx.z);
+    const int pair = (int)(lin % pairs);
+    return BlockTask{(int)(lin / pairs), pair % (int)gridDim.y, pair / (int)gridDim.y};
+}
+
 // The number of keys visible to the batch: key_lens[bi] clamped to [0, s], or s.
 __device__ __forceinline__ int key_limit(const int *key_lens, int bi, int s) {
     if (key_lens == nullptr) return s;
@@ -125,9 +141,10 @@ __device__ void attn_fwd_mma(const bf16 *__restrict__ q, const bf16 *__restrict_
     const u32 sv = mma::smem_addr(smem_raw) + 2u * L::V;
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c4 = lane & 3;
-    const int bi = blockIdx.z, h = blockIdx.y;
-    // The last query tiles see the most keys: launch them first.
-    const int m0 = (gridDim.x - 1 - blockIdx.x) * BM;
+    // The last query tiles see the most keys: every (batch, head) starts with its last tile.
+    const BlockTask task = tile_major_block();
+    const int bi = task.batch, h = task.head;
+    const int m0 = (gridDim.x - 1 - task.tile) * BM;
     const int kvh = h / (hq / hkv);
     const u64 qoff = (u64)(bi * hq + h) * t * D;
     const bf16 *kp = k + (u64)(bi * hkv + kvh) * s * D;
@@ -446,13 +463,10 @@ __device__ void attn_bwd_mma(const bf16 *__restrict__ q, const bf16 *__restrict_
     const u32 sdst = sbase + L::DST, slse = sbase + L::LSE, sdlt = sbase + L::DLT;
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c4 = lane & 3;
-    // The first key blocks see the most queries (every later query sees them): take the key
-    // block from the slowest-varying part of the linear block index, which the hardware launches
-    // in order (x fastest), so that all (batch, kv head) pairs start their heaviest blocks first.
-    const u64 heads = (u64)gridDim.y * gridDim.z;
-    const u64 lin = blockIdx.x + (u64)gridDim.x * (blockIdx.y + (u64)gridDim.y * blockIdx.z);
-    const int pair = (int)(lin % heads);
-    const int bi = pair / (int)gridDim.y, kvh = pair % (int)gridDim.y, n0 = (int)(lin / heads) * BN;
+    // The first key blocks see the most queries (every later query sees them): every (batch,
+    // kv head) starts with its first key block.
+    const BlockTask task = tile_major_block();
+    const int bi = task.batch, kvh = task.head, n0 = task.tile * BN;
     const int group = hq / hkv;
     const int offset = s - t;
     const int kv_len = key_limit(key_lens, bi, s);
