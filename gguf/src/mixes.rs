@@ -222,7 +222,7 @@ pub fn tensor_type(file_type: FileType, name: &str, shape: &[usize], model: &Mod
     let cat = category(name);
     match cat {
         Category::Output | Category::TokenEmbd if cat == Category::Output || model.tied_embeddings => {
-            if row_len % base.block_size() != 0 {
+            if !row_len.is_multiple_of(base.block_size()) {
                 ty = GgmlType::Q8_0;
             } else if ty != GgmlType::Q8_0 {
                 ty = GgmlType::Q6_K;
@@ -251,7 +251,7 @@ pub fn tensor_type(file_type: FileType, name: &str, shape: &[usize], model: &Mod
         _ => {}
     }
     // llama.cpp's tensor_type_fallback: rows that are not whole blocks of the chosen type.
-    if row_len % ty.block_size() != 0 {
+    if !row_len.is_multiple_of(ty.block_size()) {
         ty = match ty {
             GgmlType::Q4_K => GgmlType::Q5_0,
             GgmlType::Q5_K => GgmlType::Q5_1,
@@ -259,7 +259,7 @@ pub fn tensor_type(file_type: FileType, name: &str, shape: &[usize], model: &Mod
             // llama.cpp has no fallback for these and refuses to quantize.
             _ => GgmlType::F16,
         };
-        if row_len % ty.block_size() != 0 {
+        if !row_len.is_multiple_of(ty.block_size()) {
             ty = GgmlType::F16;
         }
     }

@@ -250,7 +250,7 @@ pub(crate) fn check_tensor(
             ty.block_size()
         )));
     }
-    if t.offset % alignment != 0 {
+    if !t.offset.is_multiple_of(alignment) {
         return Err(invalid(format!(
             "tensor '{}' offset {} is not a multiple of the alignment {alignment}",
             t.name, t.offset

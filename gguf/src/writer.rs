@@ -99,7 +99,7 @@ impl TensorSpec {
         for &d in &self.shape {
             n = n.checked_mul(d as u64)?;
         }
-        if self.row_len() % self.ggml_type.block_size() != 0 {
+        if !self.row_len().is_multiple_of(self.ggml_type.block_size()) {
             return None;
         }
         self.ggml_type.bytes_for(n)
@@ -251,7 +251,7 @@ impl<S: Write> GgufWriter<S> {
     pub fn write_tensor_rows(&mut self, name: &str, rows: &[f32]) -> Result<()> {
         let spec = self.begin(name, "write_tensor_rows")?.clone();
         let row = spec.row_len();
-        if rows.len() % row != 0 {
+        if !rows.len().is_multiple_of(row) {
             return Err(self.fail_invalid(format!(
                 "tensor '{name}': {} values is not a whole number of rows of {row}",
                 rows.len()

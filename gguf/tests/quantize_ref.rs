@@ -38,7 +38,7 @@ fn row(rng: &mut Rng, p: usize, n: usize) -> Vec<f32> {
             // Random with rare large outliers (one in ~40), both signs.
             1 => {
                 let v = normal(rng) * 0.05;
-                if rng.next_u64() % 40 == 0 {
+                if rng.next_u64().is_multiple_of(40) {
                     v * 300.0
                 } else {
                     v

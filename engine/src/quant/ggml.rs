@@ -150,7 +150,7 @@ impl GgmlType {
     /// number of blocks (or the size overflows).
     pub fn bytes_for(self, n_elements: u64) -> Option<u64> {
         let bs = self.block_size() as u64;
-        if n_elements % bs != 0 {
+        if !n_elements.is_multiple_of(bs) {
             return None;
         }
         (n_elements / bs).checked_mul(self.type_size() as u64)
@@ -183,7 +183,7 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
 /// Checks that `src` holds exactly the blocks of `n` elements of type `ty`.
 fn check_sizes(op: &str, ty: GgmlType, src_bytes: usize, n: usize) -> Result<()> {
     let bs = ty.block_size();
-    if n % bs != 0 {
+    if !n.is_multiple_of(bs) {
         bail!("{op} {ty}: {n} elements is not a multiple of the block size {bs}");
     }
     let want = n / bs * ty.type_size();
@@ -392,7 +392,7 @@ fn quant_block(ty: GgmlType) -> Option<QuantBlock> {
 /// `src.len()` must be a multiple of the block size.
 pub fn quantize(ty: GgmlType, src: &[f32]) -> Result<Vec<u8>> {
     let bs = ty.block_size();
-    if src.len() % bs != 0 {
+    if !src.len().is_multiple_of(bs) {
         bail!("quantize {ty}: {} elements is not a multiple of the block size {bs}", src.len());
     }
     let mut out = vec![0u8; src.len() / bs * ty.type_size()];
@@ -405,7 +405,7 @@ pub fn quantize(ty: GgmlType, src: &[f32]) -> Result<Vec<u8>> {
 pub fn quantize_into(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<()> {
     let block = quant_block(ty).ok_or_else(|| unsupported("quantize", ty, GgmlType::can_quantize))?;
     let (bs, ts) = (ty.block_size(), ty.type_size());
-    if src.len() % bs != 0 {
+    if !src.len().is_multiple_of(bs) {
         bail!("quantize {ty}: {} elements is not a multiple of the block size {bs}", src.len());
     }
     let want = src.len() / bs * ts;
