@@ -156,6 +156,21 @@ fn cuda_sum_squares_matches_cpu() {
     let want = ops::sum_squares(&view).unwrap();
     let got = ops::sum_squares(&ops::transpose(&m.to_device(dev).unwrap(), 0, 1).unwrap()).unwrap();
     assert!((got - want).abs() <= 1e-12 * want, "strided view: gpu {got} vs cpu {want}");
+
+    // Many tensors at once (one buffer of partials, one download), mixed with a host tensor:
+    // each sum bit for bit as alone.
+    let xs: Vec<Tensor> = [1usize, 1000, 257 * 1024 + 3]
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| ops::cast(&randn(&[n], 50 + i as u64), DType::BF16).unwrap().to_device(dev).unwrap())
+        .chain([randn(&[77], 60)])
+        .collect();
+    let each = ops::sum_squares_each(&xs).unwrap();
+    let alone: Vec<f64> = xs.iter().map(|x| ops::sum_squares(x).unwrap()).collect();
+    assert_eq!(
+        each.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+        alone.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+    );
 }
 
 /// Offloading: a tensor parked in pinned host memory comes back bit for bit (f32, bf16), and

@@ -360,11 +360,11 @@ fn bnb_adam8_blockwise(
 /// The global L2 norm of `grads` (as `clip_grad_norm_` computes it: the norm of the
 /// per-tensor norms) and the factor every gradient is to be multiplied by:
 /// `min(1, max_norm / (norm + 1e-6))` when `max_norm` is given, else 1. Gradients on the GPU
-/// are reduced there; only one f64 per tensor comes back.
+/// are reduced there, all in one pass that comes back in one copy.
 pub fn clip_grad_norm(grads: &[Tensor], max_norm: Option<f64>) -> Result<(f64, f32), TrainError> {
     let mut total = 0f64;
-    for g in grads {
-        let n = engine::ops::sum_squares(g)?.sqrt() as f32;
+    for sum in engine::ops::sum_squares_each(grads)? {
+        let n = sum.sqrt() as f32;
         total += (n as f64) * (n as f64);
     }
     let total = total.sqrt() as f32;

@@ -29,7 +29,7 @@ pub use nf4_matmul::{nf4_matmul_nt, DeviceNf4, Nf4, NF4_FUSED_MAX_M};
 pub use rms_norm::rms_norm;
 pub use rope::{rope, RopeTable};
 pub use softmax::log_softmax;
-pub use sum_squares::sum_squares;
+pub use sum_squares::{sum_squares, sum_squares_each};
 pub use swiglu::swiglu;
 pub use view::{contiguous, narrow, reshape, transpose};
 pub(crate) use view::{dense, dense_copy};

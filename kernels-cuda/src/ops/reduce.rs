@@ -1,6 +1,6 @@
 //! Launchers for `kernels/reduce.cu`.
 
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaViewMut, LaunchConfig, PushKernelArg};
 
 use super::KernelFloat;
 use crate::error::{DriverContext, Result};
@@ -18,8 +18,9 @@ pub fn partials_for(n: usize) -> usize {
 }
 
 /// Writes `partials_for(x.len())` f64 partial sums of `x[i]^2` into the front of `partials`
-/// (which must hold at least that many); their sum is the squared L2 norm of `x`.
-pub fn sum_squares<T: KernelFloat>(gpu: &Gpu, x: &CudaSlice<T>, partials: &mut CudaSlice<f64>) -> Result<usize> {
+/// (which must hold at least that many); their sum is the squared L2 norm of `x`. `partials` may
+/// be a piece of a larger buffer, so that the reductions of many tensors come back in one copy.
+pub fn sum_squares<T: KernelFloat>(gpu: &Gpu, x: &CudaSlice<T>, partials: &mut CudaViewMut<'_, f64>) -> Result<usize> {
     let kernel = T::pick("sum_squares_f32", "sum_squares_bf16");
     let n = x.len();
     let blocks = partials_for(n);
