@@ -29,6 +29,29 @@ pub struct RopeTable {
 struct DeviceTable {
     cos: CudaSlice<f32>,
     sin: CudaSlice<f32>,
+    /// The positions last uploaded, kept while they stay the same: every layer (and the
+    /// recompute and the backward) of a batch rotates at the same positions, so they cross to
+    /// the device once, not once per call.
+    positions: Mutex<Option<UploadedPositions>>,
+}
+
+/// Host positions and their device copy.
+type UploadedPositions = (Vec<usize>, Arc<CudaSlice<u32>>);
+
+impl DeviceTable {
+    /// `positions` as u32 on `dev`.
+    fn positions(&self, dev: &CudaDevice, positions: &[usize]) -> Result<Arc<CudaSlice<u32>>> {
+        let mut last = self.positions.lock().expect("rope positions lock poisoned");
+        if let Some((host, device)) = &*last {
+            if host == positions {
+                return Ok(device.clone());
+            }
+        }
+        let pos: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
+        let device = Arc::new(cuda::upload(dev, &pos)?);
+        *last = Some((positions.to_vec(), device.clone()));
+        Ok(device)
+    }
 }
 
 impl std::fmt::Debug for DeviceTable {
@@ -69,6 +92,7 @@ impl RopeTable {
         let t = Arc::new(DeviceTable {
             cos: cuda::upload(dev, &f32s(&self.cos))?,
             sin: cuda::upload(dev, &f32s(&self.sin))?,
+            positions: Mutex::new(None),
         });
         map.insert(dev.ordinal, t.clone());
         Ok(t)
@@ -149,8 +173,7 @@ fn rotate_cuda(x: &Tensor, table: &RopeTable, positions: &[usize], sign: f64) ->
         let Storage::Cuda(sy) = &mut *gy else { unreachable!("copy of a CUDA tensor") };
         let dev = sy.dev.clone();
         let t = table.device_table(&dev)?;
-        let pos: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
-        let pos = cuda::upload(&dev, &pos)?;
+        let pos = t.positions(&dev, positions)?;
         let shape = RopeShape::bhtd(x.dim(0), x.dim(1), x.dim(2), x.dim(3));
         let r = cuda::cuda_float!("rope"; b = &mut sy.buf => if sign > 0.0 {
             kernels::rope_fwd(&dev.gpu, b, &t.cos, &t.sin, &pos, shape)
