@@ -6,7 +6,7 @@ use crate::storage::CpuStorage;
 use crate::{DType, Error, Layout, Result};
 use half::{bf16, f16};
 use kernels_cuda::cudarc::cublas::CudaBlas;
-use kernels_cuda::cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, PinnedHostSlice};
+use kernels_cuda::cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, PinnedHostSlice, ValidAsZeroBits};
 use kernels_cuda::ops::copy::{copy_strided, View};
 use kernels_cuda::Gpu;
 use std::collections::HashMap;
@@ -211,16 +211,7 @@ impl CudaStorage {
 
     /// `n` zeros of `dtype` on `dev`.
     pub fn zeros(dtype: DType, n: usize, dev: &Arc<CudaDevice>) -> Result<CudaStorage> {
-        let s = dev.gpu.stream();
-        let buf = match dtype {
-            DType::F32 => CudaBuf::F32(drv(s.alloc_zeros(n), "device allocation")?),
-            DType::F16 => CudaBuf::F16(drv(s.alloc_zeros(n), "device allocation")?),
-            DType::BF16 => CudaBuf::BF16(drv(s.alloc_zeros(n), "device allocation")?),
-            DType::U32 => CudaBuf::U32(drv(s.alloc_zeros(n), "device allocation")?),
-            DType::I32 => CudaBuf::I32(drv(s.alloc_zeros(n), "device allocation")?),
-            DType::F64 => return Err(Error::DType { op: "zeros(cuda)", dtype }),
-        };
-        Ok(CudaStorage::tracked(buf, dev))
+        Self::allocate(dtype, n, dev, true)
     }
 
     /// `n` elements of `dtype` on `dev`, not initialized: for outputs that a kernel, cuBLAS
@@ -228,17 +219,24 @@ impl CudaStorage {
     /// poison their outputs with NaN to check that every element is written). Skips the memset
     /// that [`CudaStorage::zeros`] costs.
     pub(crate) fn uninit(dtype: DType, n: usize, dev: &Arc<CudaDevice>) -> Result<CudaStorage> {
+        Self::allocate(dtype, n, dev, false)
+    }
+
+    fn allocate(dtype: DType, n: usize, dev: &Arc<CudaDevice>, zeroed: bool) -> Result<CudaStorage> {
+        fn alloc<T: DeviceRepr + ValidAsZeroBits>(s: &Arc<CudaStream>, n: usize, zeroed: bool) -> Result<CudaSlice<T>> {
+            // SAFETY (not zeroed): `uninit`'s callers overwrite every element before any kernel
+            // reads the buffer.
+            let r = if zeroed { s.alloc_zeros(n) } else { unsafe { s.alloc(n) } };
+            drv(r, "device allocation")
+        }
         let s = dev.gpu.stream();
-        // SAFETY: callers overwrite every element before any kernel reads the buffer.
-        let buf = unsafe {
-            match dtype {
-                DType::F32 => CudaBuf::F32(drv(s.alloc(n), "device allocation")?),
-                DType::F16 => CudaBuf::F16(drv(s.alloc(n), "device allocation")?),
-                DType::BF16 => CudaBuf::BF16(drv(s.alloc(n), "device allocation")?),
-                DType::U32 => CudaBuf::U32(drv(s.alloc(n), "device allocation")?),
-                DType::I32 => CudaBuf::I32(drv(s.alloc(n), "device allocation")?),
-                DType::F64 => return Err(Error::DType { op: "uninit(cuda)", dtype }),
-            }
+        let buf = match dtype {
+            DType::F32 => CudaBuf::F32(alloc(s, n, zeroed)?),
+            DType::F16 => CudaBuf::F16(alloc(s, n, zeroed)?),
+            DType::BF16 => CudaBuf::BF16(alloc(s, n, zeroed)?),
+            DType::U32 => CudaBuf::U32(alloc(s, n, zeroed)?),
+            DType::I32 => CudaBuf::I32(alloc(s, n, zeroed)?),
+            DType::F64 => return Err(Error::DType { op: if zeroed { "zeros(cuda)" } else { "uninit(cuda)" }, dtype }),
         };
         Ok(CudaStorage::tracked(buf, dev))
     }
